@@ -215,7 +215,9 @@ def parse_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.nda
             if type_code not in _IDX_TYPES:
                 raise DataError(f"{path}: unknown IDX type code 0x{type_code:02x}")
             if expect_ndim is not None and ndim != expect_ndim:
-                raise DataError(f"{path}: header declares {ndim} dimensions, expected {expect_ndim}")
+                raise DataError(
+                    f"{path}: header declares {ndim} dimensions, expected {expect_ndim}"
+                )
             if ndim == 0:
                 raise DataError(f"{path}: header declares 0 dimensions")
 
@@ -230,7 +232,9 @@ def parse_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.nda
             # 3. Payload: read one byte past the expected end to detect trailing data.
             payload = _read_bounded(f, expected + 1, path)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read ({exc}); the file is damaged, fetch it again") from exc
+        raise DataError(
+            f"{path}: cannot read ({exc}); the file is damaged, fetch it again"
+        ) from exc
     if len(payload) != expected:
         what = "truncated" if len(payload) < expected else "has trailing bytes"
         raise DataError(
@@ -327,8 +331,9 @@ def download(
             if digest.hexdigest() != info.sha256[target.name]:
                 raise DataError(
                     f"{url}: downloaded file fails its SHA-256 check "
-                    f"(got {digest.hexdigest()[:16]}..., expected {info.sha256[target.name][:16]}...)"
-                    f"; try another mirror with STITCHLAB_MIRROR"
+                    f"(got {digest.hexdigest()[:16]}..., "
+                    f"expected {info.sha256[target.name][:16]}...); "
+                    f"try another mirror with STITCHLAB_MIRROR"
                 )
             os.replace(tmp, target)
         except (OSError, urllib.error.URLError) as exc:
@@ -373,7 +378,8 @@ def read_split(folder: Path, info: DatasetInfo, split: str) -> tuple[np.ndarray,
     if labels.size and labels.max() >= len(info.classes):
         bad = int(np.argmax(labels >= len(info.classes)))
         raise DataError(
-            f"{paths[1]}: label {int(labels[bad])} at index {bad} is outside 0..{len(info.classes) - 1}"
+            f"{paths[1]}: label {int(labels[bad])} at index {bad} "
+            f"is outside 0..{len(info.classes) - 1}"
         )
     return images, labels
 

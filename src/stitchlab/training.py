@@ -78,7 +78,7 @@ def derive_seeds(seed: int) -> tuple[int, int]:
 
 
 class StackedModels:
-    """K models of one shape as stacked parameters: weights (K, d_in, d_out), biases (K, 1, d_out)."""
+    """K models of one shape as stacked tensors: weights (K, d_in, d_out), biases (K, 1, d_out)."""
 
     def __init__(self, models: Sequence[EncoderDecoder], device: torch.device):
         states = [m.state_dict() for m in models]

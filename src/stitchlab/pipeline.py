@@ -1,0 +1,318 @@
+"""The stages of a run, each reading and writing a run directory.
+
+    config -> data -> train -> encode -> splice -> analyze -> align -> results.json -> report
+
+`run` does them in order; the command line's sub-commands call single stages on an existing run
+directory. Every stage writes results.json atomically when it ends, so an interrupted run keeps
+what finished. A run directory looks like::
+
+    RUN/config.toml  RUN/results.json  RUN/log.txt  RUN/models/NAME.safetensors
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import config as cfg
+from . import data as data_mod
+from .checkpoints import load_checkpoint, save_checkpoint
+from .errors import StitchlabError
+from .fileio import atomic_write_text
+from .latent import basic_stats, mean_vector_comparison
+from .models import EncoderDecoder
+from .results import SCHEMA, environment, read_results, write_results
+from .splice import encode, splice_table
+from .training import TrainSettings, train_models
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, list[dict]], None]
+
+
+@dataclass
+class Context:
+    """What the stages share within one process: config, data, models, latents, results."""
+
+    run_dir: Path
+    config: cfg.RunConfig
+    device: torch.device
+    results: dict
+    dataset: data_mod.Dataset | None = None
+    x_train: torch.Tensor | None = None  # (n_train, 784), normalised
+    y_train: torch.Tensor | None = None  # (n_train,)
+    x_test: torch.Tensor | None = None  # (n_test, 784)
+    y_test: torch.Tensor | None = None  # (n_test,)
+    models: dict[str, EncoderDecoder] = field(default_factory=dict)
+    train_latents: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (n_train, d)
+    test_latents: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (n_test, d)
+
+    @property
+    def names(self) -> list[str]:
+        return [m["name"] for m in self.results["models"]]
+
+    def save(self) -> None:
+        write_results(self.run_dir / "results.json", self.results)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StitchlabError("--device cuda: no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create `run_dir` (and models/) or fail with a message if it cannot hold a run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StitchlabError(f"--out {run_dir}: is a file, not a directory; choose another --out")
+    try:
+        (run_dir / "models").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StitchlabError(
+            f"--out {run_dir}: cannot create the run directory ({exc.strerror})"
+        ) from None
+
+
+def new_context(config: cfg.RunConfig, run_dir: Path) -> Context:
+    device = resolve_device(config.device)
+    results = {
+        "schema": SCHEMA,
+        "config": config.to_dict(),
+        "environment": environment(device),
+        "models": [],
+        "timings": {},
+    }
+    return Context(run_dir=run_dir, config=config, device=device, results=results)
+
+
+def open_context(run_dir: Path, device: str | None = None) -> Context:
+    """A context for an existing run directory, from its config.toml and results.json."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StitchlabError(f"{run_dir}: no such run directory; create one with `stitchlab run`")
+    config = cfg.from_dict(cfg.load_toml(run_dir / "config.toml"), str(run_dir / "config.toml"))
+    if device is not None:
+        config.device = device
+    results = read_results(run_dir / "results.json")
+    ctx = Context(run_dir=run_dir, config=config, device=resolve_device(config.device),
+                  results=results)
+    ctx.results["environment"] = environment(ctx.device)
+    return ctx
+
+
+def _timed(ctx: Context, stage: str, start: float) -> None:
+    ctx.results.setdefault("timings", {})[stage] = round(time.perf_counter() - start, 3)
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def load_data(ctx: Context) -> None:
+    """Load, check and normalise the data set, trimmed to train_samples / test_samples."""
+    t0 = time.perf_counter()
+    c = ctx.config
+    ds = data_mod.load(c.dataset, root=c.data_dir or None)
+    n_tr = c.train_samples or ds.train_images.shape[0]
+    n_te = c.test_samples or ds.test_images.shape[0]
+    ctx.dataset = ds
+    ctx.x_train = data_mod.normalise(ds.train_images[:n_tr], ds.info, ctx.device)
+    ctx.y_train = ds.train_labels[:n_tr].to(ctx.device)
+    ctx.x_test = data_mod.normalise(ds.test_images[:n_te], ds.info, ctx.device)
+    ctx.y_test = ds.test_labels[:n_te].to(ctx.device)
+    _timed(ctx, "data", t0)
+
+
+def training_signature(config: cfg.RunConfig, seed: int, latent_dim: int) -> dict:
+    """The config keys that determine one model's weights, as stored in its checkpoint."""
+    sig = {k: getattr(config, k) for k in cfg.TRAINING_KEYS}
+    return {**sig, "seed": seed, "latent_dim": latent_dim}
+
+
+def _model_record(name: str, seed: int, latent_dim: int, dataset: str, meta: dict) -> dict:
+    return {
+        "name": name,
+        "seed": seed,
+        "latent_dim": latent_dim,
+        "dataset": dataset,
+        "test_accuracy": meta["test_accuracy"],
+        "test_loss": meta["test_loss"],
+        "train_seconds": meta["train_seconds"],
+        "history": meta["history"],
+        "checkpoint": f"models/{name}.safetensors",
+    }
+
+
+def reusable_checkpoint(path: Path, signature: dict) -> dict | None:
+    """The metadata of `path` when it was trained with `signature`; None when absent.
+
+    Raises StitchlabError when it exists but was trained differently, naming the keys.
+    """
+    if not path.is_file():
+        return None
+    _, meta = load_checkpoint(path)
+    stored = meta.get("training", {})
+    diff = sorted(k for k in signature if stored.get(k) != signature[k])
+    if diff:
+        changes = ", ".join(f"{k}: {stored.get(k)!r} -> {signature[k]!r}" for k in diff)
+        raise StitchlabError(
+            f"{path}: checkpoint was trained with a different config ({changes}); "
+            f"pass --force to retrain, or choose another --out"
+        )
+    return meta
+
+
+def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = False) -> None:
+    """Train every model of the config (reusing matching checkpoints unless `force`).
+
+    Models of one width are trained together in one batched pass; each checkpoint is written
+    atomically as soon as its batch finishes.
+    """
+    t0 = time.perf_counter()
+    c = ctx.config
+    settings = TrainSettings(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                             lr_step=c.lr_step, lr_gamma=c.lr_gamma, dropout=c.dropout)
+    records: dict[str, dict] = {}
+    todo: dict[int, list[tuple[str, int]]] = {}
+
+    # 1. Reuse what an earlier run with the same config already trained.
+    for name, seed, width in cfg.model_names(c):
+        path = ctx.run_dir / "models" / f"{name}.safetensors"
+        meta = None if force else reusable_checkpoint(path, training_signature(c, seed, width))
+        if meta is None:
+            todo.setdefault(width, []).append((name, seed))
+        else:
+            log.info("model %s: reusing %s", name, path)
+            records[name] = _model_record(name, seed, width, c.dataset, meta)
+
+    # 2. Train the rest, one batched pass per width, saving each model as it finishes.
+    for width, group in todo.items():
+        names = [n for n, _ in group]
+        seeds = [s for _, s in group]
+        log.info("training %s (latent width %d) on %s", ", ".join(names), width, ctx.device)
+        trained = train_models(seeds, names, ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test,
+                               latent_dim=width, settings=settings, device=ctx.device,
+                               on_epoch=on_epoch)
+        for t in trained:
+            meta = {
+                "name": t.name, "seed": t.seed, "dataset": c.dataset, "dropout": c.dropout,
+                "test_accuracy": t.test_accuracy, "test_loss": t.test_loss,
+                "train_seconds": t.train_seconds, "history": t.history,
+                "trained_with": names, "training": training_signature(c, t.seed, width),
+                "config": c.to_dict(),
+            }
+            save_checkpoint(ctx.run_dir / "models" / f"{t.name}.safetensors", t.model, meta)
+            records[t.name] = _model_record(t.name, t.seed, width, c.dataset, meta)
+            ctx.models[t.name] = t.model
+
+    ctx.results["models"] = [records[n] for n, _, _ in cfg.model_names(c)]
+    _timed(ctx, "train", t0)
+    ctx.save()
+
+
+def load_models(ctx: Context) -> None:
+    """Load every model listed in results.json from its checkpoint (no training)."""
+    for rec in ctx.results["models"]:
+        if rec["name"] in ctx.models:
+            continue
+        model, _ = load_checkpoint(ctx.run_dir / rec["checkpoint"], rec["latent_dim"])
+        ctx.models[rec["name"]] = model.to(ctx.device)
+
+
+def encode_all(ctx: Context) -> None:
+    """Every model's latents of the train and test sets, computed once per run."""
+    t0 = time.perf_counter()
+    for name in ctx.names:
+        if name in ctx.test_latents:
+            continue
+        model = ctx.models[name].to(ctx.device).eval()
+        ctx.train_latents[name] = encode(model.encoder, ctx.x_train)
+        ctx.test_latents[name] = encode(model.encoder, ctx.x_test)
+    _timed(ctx, "encode", t0)
+
+
+def splice(ctx: Context) -> None:
+    """The N x N table of raw splices on the test set."""
+    t0 = time.perf_counter()
+    decoders = {n: ctx.models[n].decoder for n in ctx.names}
+    ctx.results["splice"] = splice_table(ctx.names, ctx.test_latents, decoders, ctx.y_test)
+    _timed(ctx, "splice", t0)
+    ctx.save()
+
+
+def latent_stats(ctx: Context) -> None:
+    """Basic per-model latent statistics and the mean-vector comparison of every pair."""
+    t0 = time.perf_counter()
+    labels = ctx.y_test.cpu().numpy()
+    per_model = {n: basic_stats(ctx.test_latents[n], labels) for n in ctx.names}
+    pairs = []
+    for i, a in enumerate(ctx.names):
+        for b in ctx.names[i + 1:]:
+            pairs.append({"a": a, "b": b,
+                          **mean_vector_comparison(ctx.test_latents[a], ctx.test_latents[b])})
+    ctx.results["latent"] = {"models": per_model, "pairs": pairs}
+    _timed(ctx, "latent", t0)
+    ctx.save()
+
+
+def write_config(ctx: Context) -> None:
+    atomic_write_text(ctx.run_dir / "config.toml", ctx.config.to_toml())
+
+
+@contextlib.contextmanager
+def run_log(run_dir: Path):
+    """Append the package's log records (INFO and up) to RUN/log.txt while the block runs."""
+    logger = logging.getLogger("stitchlab")
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    old_level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
+
+
+def run(
+    config: cfg.RunConfig,
+    run_dir: Path,
+    on_epoch: EpochCallback | None = None,
+    force: bool = False,
+) -> Context:
+    """Every stage in order into `run_dir`; returns the context with all results."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir)
+    with run_log(run_dir):
+        ctx = new_context(config, run_dir)
+        write_config(ctx)
+        load_data(ctx)
+        train(ctx, on_epoch=on_epoch, force=force)
+        load_models(ctx)
+        encode_all(ctx)
+        splice(ctx)
+        latent_stats(ctx)
+        _timed(ctx, "total", t0)
+        ctx.save()
+    return ctx
+
+
+def reopen(run_dir: Path, device: str | None = None) -> Context:
+    """An existing run with data loaded, models loaded from checkpoints and latents computed."""
+    ctx = open_context(run_dir, device)
+    load_data(ctx)
+    load_models(ctx)
+    encode_all(ctx)
+    return ctx

@@ -1,0 +1,66 @@
+"""Shared fixtures: IDX files built in the test, and a tiny real-MNIST run."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import stitchlab
+from stitchlab import config as cfg
+from stitchlab import pipeline
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """An IDX file (header and big-endian payload) holding `array`."""
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_dataset(folder: Path, n_train=20, n_test=10, gz=True, seed=0) -> Path:
+    """A small, valid data set in the standard layout under folder/mnist."""
+    rng = np.random.default_rng(seed)
+    out = folder / "mnist"
+    out.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        for stem, arr in ((f"{prefix}-images-idx3-ubyte", images),
+                          (f"{prefix}-labels-idx1-ubyte", labels)):
+            blob = idx_bytes(arr)
+            if gz:
+                (out / f"{stem}.gz").write_bytes(gzip.compress(blob))
+            else:
+                (out / stem).write_bytes(blob)
+    return out
+
+
+def tiny_config(**overrides) -> cfg.RunConfig:
+    """Real MNIST, 20k training images, 3 epochs: trains in a few seconds."""
+    base = dict(seeds=[42, 123], epochs=3, train_samples=20000, test_samples=5000, device="cpu")
+    base.update(overrides)
+    return cfg.from_dict(base)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> pipeline.Context:
+    """One tiny real-data run shared by the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    return pipeline.run(tiny_config(), run_dir)
+
+
+def run_cli(*args, cwd=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m stitchlab ARGS` in a subprocess, importing the same stitchlab as the tests."""
+    env = dict(os.environ)
+    src = str(Path(stitchlab.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    env.setdefault("NO_COLOR", "1")
+    return subprocess.run([sys.executable, "-m", "stitchlab", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
+                          **kwargs)
