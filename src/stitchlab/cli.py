@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
     _add_verbosity(p)
+    p = sub.add_parser("report", help="draw the figures and write report.html and report.md",
+                       description="Draw RUN/figures/*.png|svg and write RUN/report.html "
+                                   "(self-contained) and RUN/report.md from RUN's results.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--no-views", action="store_true",
+                   help="leave out the 2-D latent views (no data or checkpoints needed)")
+    _add_verbosity(p)
     return parser
 
 
@@ -222,6 +229,19 @@ def cmd_splice(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report  # matplotlib loads only for this command
+
+    run_dir = Path(args.run_dir)
+    _setup_logging(args)
+    if not run_dir.is_dir():
+        raise StitchlabError(f"{run_dir}: no such run directory; create one with `stitchlab run`")
+    with pipeline.run_log(run_dir):
+        rep = write_report(run_dir, with_latents=not args.no_views)
+    print(f"report: {rep.html} ({len(rep.figures)} figures in {rep.seconds:.1f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -235,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, train_only=True)
         if args.command == "splice":
             return cmd_splice(args)
+        if args.command == "report":
+            return cmd_report(args)
     except StitchlabError as exc:
         print(f"stitchlab {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ directory. Every stage writes results.json atomically when it ends, so an interr
 what finished. A run directory looks like::
 
     RUN/config.toml  RUN/results.json  RUN/log.txt  RUN/models/NAME.safetensors
+    RUN/report.html  RUN/report.md  RUN/figures/NAME.png|svg
 """
 
 from __future__ import annotations
@@ -262,6 +263,16 @@ def latent_stats(ctx: Context) -> None:
     ctx.save()
 
 
+def report(ctx: Context) -> None:
+    """Figures, report.html and report.md of the run, from what the earlier stages measured."""
+    from .report import write_report  # matplotlib loads only when a report is drawn
+
+    t0 = time.perf_counter()
+    write_report(ctx)
+    _timed(ctx, "report", t0)
+    ctx.save()
+
+
 def write_config(ctx: Context) -> None:
     atomic_write_text(ctx.run_dir / "config.toml", ctx.config.to_toml())
 
@@ -304,6 +315,7 @@ def run(
         encode_all(ctx)
         splice(ctx)
         latent_stats(ctx)
+        report(ctx)
         _timed(ctx, "total", t0)
         ctx.save()
     return ctx
