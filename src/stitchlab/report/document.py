@@ -187,7 +187,11 @@ def _alignment(inp: ReportInput) -> Section:
                      Cell("yes" if m in flagged else "", {"class": "flagged"} if m in flagged
                           else {}))
                 for m in methods]
-        sec.tables.append(Table("controls-table", "Controls", ["method", *[
+        where = ""
+        if ctl.get("encoder") and ctl.get("decoder"):
+            where = f" ({ctl['encoder']}'s encoder \u2192 {ctl['decoder']}'s decoder"
+            where += f", {ctl['anchors']} anchors)" if ctl.get("anchors") else ")"
+        sec.tables.append(Table("controls-table", f"Controls{where}", ["method", *[
             k.replace("_", " ") for k in kinds], "flagged"], rows))
     return sec
 

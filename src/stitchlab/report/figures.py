@@ -13,11 +13,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -27,13 +28,14 @@ from .reading import CHANCE, ReportInput, decoder_accuracy, off_diagonal
 
 log = logging.getLogger(__name__)
 
-DPI = 110
+DPI = 100
 VIEW_POINTS = 2000  # test points drawn in each PCA view
 TSNE_POINTS = 1000  # test points embedded by t-SNE (its cost grows faster than n)
 TSNE_SEED = 0
 MAX_VIEW_MODELS = 8  # models shown in the 2-D views, the first ones of the run
 MODEL_COLOURS = ("#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -333,12 +335,28 @@ def sample_indices(n: int, m: int, seed: int = TSNE_SEED) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
 
 
-def fig_latent_views(inp: ReportInput) -> Figure | None:
+def _view_models(inp: ReportInput) -> list[str]:
     if inp.latents is None or inp.labels is None:
-        return None
-    names = [n for n in inp.names if n in inp.latents][:MAX_VIEW_MODELS]
+        return []
+    return [n for n in inp.names if n in inp.latents][:MAX_VIEW_MODELS]
+
+
+def tsne_embeddings(inp: ReportInput) -> dict[str, np.ndarray | None]:
+    """t-SNE of each viewed model's subsample, name -> (m, 2); None with under 5 points."""
+    idx = sample_indices(len(inp.labels), TSNE_POINTS)
+    out = {}
+    for name in _view_models(inp):
+        t0 = time.perf_counter()
+        out[name] = _tsne_2d(inp.latents[name][idx], TSNE_SEED) if len(idx) >= 5 else None
+        log.debug("t-SNE of %s: %.2f s", name, time.perf_counter() - t0)
+    return out
+
+
+def fig_latent_views(inp: ReportInput, embeddings: Future | None = None) -> Figure | None:
+    names = _view_models(inp)
     if not names:
         return None
+    tsne = embeddings.result() if embeddings is not None else tsne_embeddings(inp)
     n = len(inp.labels)
     view_idx = sample_indices(n, VIEW_POINTS)
     tsne_idx = sample_indices(n, TSNE_POINTS)
@@ -346,11 +364,8 @@ def fig_latent_views(inp: ReportInput) -> Figure | None:
     axes = fig.subplots(2, len(names), squeeze=False)
     colours = np.array([to_rgba(CLASS_COLOURS[c % 10]) for c in range(10)])
     for col, name in enumerate(names):
-        z = inp.latents[name]
-        t0 = time.perf_counter()
-        p, var = _pca_2d(z, view_idx)
-        t = _tsne_2d(z[tsne_idx], TSNE_SEED) if len(tsne_idx) >= 5 else None
-        log.debug("views of %s: %.2f s", name, time.perf_counter() - t0)
+        p, var = _pca_2d(inp.latents[name], view_idx)
+        t = tsne[name]
         panels = ((axes[0, col], p, view_idx,
                    f"{name} \u00b7 PCA ({100 * var[0]:.0f}% + {100 * var[1]:.0f}% var.)"),
                   (axes[1, col], t, tsne_idx, f"{name} \u00b7 t-SNE ({len(tsne_idx)} points)"))
@@ -470,11 +485,14 @@ def _curve_pairs(curves: list[dict]) -> list[tuple[str, str]]:
 
 
 def _all_position(curves: list[dict], results: dict) -> float:
-    """Where "all anchors" sits on the log axis: the training set size, right of every count."""
+    """Where "all anchors" sits on the log axis: the number of anchors that "all" stood for
+    (``n_anchors``, else the training set size), kept right of every other count."""
     numeric = [c["anchors"] for c in curves if c["anchors"] != "all"]
     top = max(numeric, default=1)
-    n_train = (results.get("config") or {}).get("train_samples") or 60000
-    return float(n_train if n_train > top else 2 * top)
+    counts = [c["n_anchors"] for c in curves if c["anchors"] == "all" and c.get("n_anchors")]
+    n_all = max(counts) if counts else (results.get("config") or {}).get("train_samples")
+    n_all = n_all or 60000
+    return float(n_all if n_all > top else 2 * top)
 
 
 def _draw_curves(ax, curves: list[dict], pair: tuple[str, str], methods: list[str],
@@ -490,7 +508,10 @@ def _draw_curves(ax, curves: list[dict], pair: tuple[str, str], methods: list[st
         y = 100 * np.array([c["accuracy_mean"] for c in pts])
         s = 100 * np.array([c.get("accuracy_std") or 0.0 for c in pts])
         colour = CLASS_COLOURS[k % 10]
-        ax.plot(x, y, marker="o", markersize=2 if small else 3.5, color=colour, label=method)
+        # Markers and dashes tell apart methods whose curves lie on top of each other.
+        ax.plot(x, y, marker=METHOD_MARKERS[k % len(METHOD_MARKERS)],
+                linestyle=("-", "--", "-.", ":")[(k // 2) % 4], markersize=2.5 if small else 5,
+                markerfacecolor="none" if k % 2 else colour, color=colour, label=method)
         ax.fill_between(x, y - s, y + s, color=colour, alpha=0.18, linewidth=0)
     own = decoder_accuracy(results, dec)
     if own is not None:
@@ -568,7 +589,8 @@ def fig_repaired(inp: ReportInput) -> Figure | None:
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     im = None
     for ax, (title, m) in zip(axes, panels, strict=False):
-        im = heatmap(ax, m, names, names, vmin=0, vmax=100, scale=100, fmt="{:.0f}")
+        im = heatmap(ax, m, names, names, vmin=0, vmax=100, scale=100,
+                     fmt="{:.1f}" if len(names) <= 4 else "{:.0f}")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("decoder", fontsize=8)
         ax.set_ylabel("encoder", fontsize=8)
@@ -599,8 +621,12 @@ def fig_controls(inp: ReportInput) -> Figure | None:
     for k, (key, label, colour) in enumerate(kinds):
         ys = [ctl[key].get(m) for m in methods]
         ys = [np.nan if v is None else 100 * v for v in ys]
-        ax.bar(x + (k - (len(kinds) - 1) / 2) * width, ys, width=width * 0.95, color=colour,
-               label=label)
+        xs = x + (k - (len(kinds) - 1) / 2) * width
+        ax.bar(xs, ys, width=width * 0.95, color=colour, label=label)
+        for xi, yi in zip(xs, ys, strict=True):
+            if np.isnan(yi):
+                ax.text(xi, 1, "n/a", ha="center", va="bottom", fontsize=7, rotation=90,
+                        color="#555555")
     _percent_axis(ax, 105)
     tilt = len(methods) > 5
     ax.set_xticks(x, [f"{m}\n(flagged)" if m in flagged else m for m in methods],
@@ -665,27 +691,41 @@ FIGURES = (
 
 
 def render(inp: ReportInput, out_dir: Path, specs=FIGURES) -> list[RenderedFigure]:
-    """Draw every figure the run has data for; write PNG and SVG under `out_dir`."""
-    out = []
-    for spec in specs:
-        t0 = time.perf_counter()
-        fig = spec.draw(inp)
-        if fig is None:
-            log.debug("figure %s left out: the run lacks its data", spec.name)
-            continue
-        png = _encode(fig, "png")
-        fig.set_layout_engine("none")  # keep the layout the PNG computed; it is the slow part
-        svg = _encode(fig, "svg")
-        png_path = atomic_write_bytes(out_dir / f"{spec.name}.png", png)
-        svg_path = atomic_write_bytes(out_dir / f"{spec.name}.svg", svg)
-        out.append(RenderedFigure(spec.name, spec.section, spec.title, spec.caption, png,
-                                  png_path, svg_path))
-        log.debug("figure %s: %.2f s", spec.name, time.perf_counter() - t0)
-    return out
+    """Draw every figure the run has data for; write PNG and SVG under `out_dir`.
+
+    The t-SNE embeddings run in a worker thread while the other figures are drawn (much of
+    scikit-learn's t-SNE releases the GIL), and the 2-D views are drawn last, from its result.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsne") as pool:
+        wanted = any(s.draw is fig_latent_views for s in specs) and _view_models(inp)
+        embeddings = pool.submit(tsne_embeddings, inp) if wanted else None
+        order = sorted(range(len(specs)), key=lambda k: specs[k].draw is fig_latent_views)
+        drawn = {k: _render_one(specs[k], inp, out_dir, embeddings) for k in order}
+    return [drawn[k] for k in range(len(specs)) if drawn[k] is not None]
+
+
+def _render_one(spec: FigureSpec, inp: ReportInput, out_dir: Path,
+                embeddings: Future | None) -> RenderedFigure | None:
+    t0 = time.perf_counter()
+    fig = spec.draw(inp, embeddings) if spec.draw is fig_latent_views else spec.draw(inp)
+    if fig is None:
+        log.debug("figure %s left out: the run lacks its data", spec.name)
+        return None
+    png = _encode(fig, "png")
+    fig.set_layout_engine("none")  # keep the layout the PNG computed; it is the slow part
+    svg = _encode(fig, "svg")
+    png_path = atomic_write_bytes(out_dir / f"{spec.name}.png", png)
+    svg_path = atomic_write_bytes(out_dir / f"{spec.name}.svg", svg)
+    log.debug("figure %s: %.2f s", spec.name, time.perf_counter() - t0)
+    return RenderedFigure(spec.name, spec.section, spec.title, spec.caption, png, png_path,
+                          svg_path)
 
 
 def _encode(fig: Figure, fmt: str) -> bytes:
+    """The figure as PNG or SVG bytes, without dates (the same figure gives the same bytes)."""
     buf = io.BytesIO()
     metadata = {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
-    fig.savefig(buf, format=fmt, dpi=DPI, metadata=metadata)
+    # SVG text stays text (searchable, and faster to write than glyph outlines).
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "stitchlab"}):
+        fig.savefig(buf, format=fmt, dpi=DPI, metadata=metadata)
     return buf.getvalue()

@@ -244,7 +244,17 @@ def _alignment_sentences(align: dict, splice: dict, results: dict) -> list[str]:
         method, enc, dec, k = fewest
         out.append(f"With {method}, {k} anchors are enough for {enc}'s encoder with {dec}'s "
                    f"decoder to reach 90% of the decoder's own accuracy.")
-    flagged = (align.get("controls") or {}).get("flagged") or []
+    controls = align.get("controls") or {}
+    ranges = []
+    for key, label in (("untrained_encoder", "when fitted on an untrained encoder"),
+                       ("noise_inputs", "on noise inputs")):
+        vals = [v for v in (controls.get(key) or {}).values() if v is not None]
+        if vals:
+            ranges.append(f"{pct(min(vals), 1)} to {pct(max(vals), 1)} {label}")
+    if ranges:
+        out.append(f"As controls, the methods score {_and(ranges)} (chance "
+                   f"{pct(controls.get('chance', CHANCE), 0)}).")
+    flagged = controls.get("flagged") or []
     if flagged:
         out.append(f"The controls flag {_and(sorted(flagged))}: fitted on an untrained "
                    f"encoder or on noise inputs it still scores well above chance, so part of "
