@@ -27,5 +27,11 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 
+# The two README figures, from the default run (trained once, then its checkpoints are reused).
+figures: $(VENV)/.installed
+	$(BIN)/stitchlab run --out runs/default $(ARGS)
+	mkdir -p docs/figures
+	cp runs/default/figures/splice_heatmap.png runs/default/figures/latent_views.png docs/figures/
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
