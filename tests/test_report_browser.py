@@ -22,8 +22,12 @@ from matplotlib.image import imread
 from report_fixture import full_run
 from stitchlab.report import write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Debian's chromium and chromium-driver packages; STITCHLAB_CHROMIUM and
+# STITCHLAB_CHROMEDRIVER point elsewhere.
+CHROMIUM = Path(os.environ.get("STITCHLAB_CHROMIUM") or shutil.which("chromium")
+                or "/usr/bin/chromium")
+CHROMEDRIVER = Path(os.environ.get("STITCHLAB_CHROMEDRIVER") or shutil.which("chromedriver")
+                    or "/usr/bin/chromedriver")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

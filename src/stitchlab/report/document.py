@@ -105,13 +105,14 @@ def _summary(inp: ReportInput) -> Section:
     return sec
 
 
+# (key in latent.models[name], column title, decimals; -1 for a percentage)
 LATENT_COLUMNS = (
     ("n_dims", "dims", 0), ("dead_units", "dead units", 0),
-    ("participation_ratio", "participation ratio", 3),
-    ("intrinsic_dimension_twonn", "TwoNN dimension", 3),
+    ("participation_ratio", "participation ratio", 2),
+    ("intrinsic_dimension_twonn", "TwoNN dimension", 2),
     ("knn_accuracy", "k-NN accuracy", -1), ("silhouette", "silhouette", 3),
-    ("davies_bouldin", "Davies-Bouldin", 3), ("inter_intra_ratio", "inter/intra", 3),
-    ("centroid_distance_mean", "mean centroid distance", 3),
+    ("davies_bouldin", "Davies-Bouldin", 3), ("inter_intra_ratio", "inter/intra", 2),
+    ("centroid_distance_mean", "mean centroid distance", 2),
 )
 
 
@@ -124,9 +125,10 @@ def _latent(inp: ReportInput) -> Section:
         rows = []
         for n in names:
             cells = [Cell(n, header=True)]
-            for key, _, digits in cols:
+            for key, _, decimals in cols:
                 v = per[n].get(key)
-                cells.append(Cell(pct(v, 1) if digits < 0 and v is not None else num(v, digits)))
+                text = pct(v, 1) if decimals < 0 else num(v, decimals)
+                cells.append(Cell(text))
             rows.append(cells)
         sec.tables.append(Table("latent-summary", "Test latents of each model",
                                 ["model", *[c[1] for c in cols]], rows))

@@ -112,13 +112,13 @@ def pct(x, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
-def num(x, digits: int = 3) -> str:
-    """A plain number with `digits` significant digits, "n/a" for None or NaN."""
+def num(x, decimals: int = 3) -> str:
+    """A number with a fixed count of decimals (integers as they are), "n/a" for None or NaN."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     if isinstance(x, bool) or isinstance(x, int):
         return str(x)
-    return f"{x:.{digits}g}"
+    return f"{x:.{decimals}f}"
 
 
 def anchors_label(k) -> str:
