@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__, pipeline
 from . import config as cfg
-from .errors import StitchlabError
+from .checkpoints import import_weights
+from .errors import StitchlabError, Terminated
 
 log = logging.getLogger("stitchlab")
 
@@ -39,7 +42,8 @@ def _use_colour(stream) -> bool:
 class EpochProgress:
     """One progress bar per model, redrawn in place on a terminal, one line per epoch elsewhere."""
 
-    def __init__(self, epochs: int, stream=sys.stderr, quiet: bool = False, width: int = 24):
+    def __init__(self, epochs: int, stream=None, quiet: bool = False, width: int = 24):
+        stream = stream or sys.stderr  # looked up now, not at import, so redirection works
         self.epochs, self.stream, self.quiet, self.width = epochs, stream, quiet, width
         self.tty = stream.isatty()
         self.drawn = 0
@@ -151,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
     _add_verbosity(p)
+    p = sub.add_parser("import-weights", help="convert a PyTorch .pth state dict into a "
+                       "stitchlab checkpoint",
+                       description="Check a .pth state dict of this architecture (loaded with "
+                       "weights_only=True, never unpickling code) and write it as a "
+                       ".safetensors checkpoint.")
+    p.add_argument("file", metavar="FILE", help="the .pth / .pt file")
+    p.add_argument("--latent-dim", type=int, metavar="D",
+                   help="the bottleneck width it must have (default: read from the file)")
+    p.add_argument("--out", metavar="FILE", required=True, help="the .safetensors file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
+    _add_verbosity(p)
     return parser
 
 
@@ -176,6 +191,8 @@ def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
 
 
 def _out_dir(args) -> Path:
+    if args.out == "":
+        raise StitchlabError("--out is empty; name a run directory")
     return Path(args.out or DEFAULT_OUT)
 
 
@@ -200,14 +217,8 @@ def cmd_run(args, train_only: bool = False) -> int:
     pipeline.prepare_run_dir(run_dir)
     _setup_logging(args)
     progress = EpochProgress(config.epochs, quiet=args.quiet)
-    if train_only:
-        with pipeline.run_log(run_dir):
-            ctx = pipeline.new_context(config, run_dir)
-            pipeline.write_config(ctx)
-            pipeline.load_data(ctx)
-            pipeline.train(ctx, on_epoch=progress, force=args.force)
-    else:
-        ctx = pipeline.run(config, run_dir, on_epoch=progress, force=args.force)
+    ctx = pipeline.run(config, run_dir, on_epoch=progress, force=args.force,
+                       train_only=train_only)
     print(summary(ctx.results, run_dir))
     return 0
 
@@ -215,11 +226,31 @@ def cmd_run(args, train_only: bool = False) -> int:
 def cmd_splice(args) -> int:
     run_dir = Path(args.run_dir)
     _setup_logging(args)
-    ctx = pipeline.reopen(run_dir, args.device)
-    with pipeline.run_log(run_dir):
-        pipeline.splice(ctx)
+    with pipeline.locked(run_dir):
+        ctx = pipeline.reopen(run_dir, args.device)
+        with pipeline.run_log(run_dir):
+            pipeline.splice(ctx)
     print(summary(ctx.results, run_dir))
     return 0
+
+
+def cmd_import_weights(args) -> int:
+    _setup_logging(args)
+    model, out = import_weights(args.file, args.out, latent_dim=args.latent_dim,
+                                overwrite=args.force)
+    print(f"wrote {out} (latent width {model.latent_dim}) from {args.file}")
+    return 0
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _resume_hint(args) -> str:
+    if args.command in ("run", "train"):
+        return (f"finished models are kept in {_out_dir(args)}; "
+                f"run the same command again to resume")
+    return "run the same command again"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # SIGTERM (kill, a batch scheduler, a container stopping) unwinds like Ctrl-C does, so
+    # atomic writes clean up, the lock is released, and what finished is kept.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -235,13 +270,19 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, train_only=True)
         if args.command == "splice":
             return cmd_splice(args)
+        if args.command == "import-weights":
+            return cmd_import_weights(args)
     except StitchlabError as exc:
         print(f"stitchlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"stitchlab {args.command}: interrupted; run the same command again to resume",
+    except (KeyboardInterrupt, Terminated) as exc:
+        name, code = ("SIGINT", 130) if isinstance(exc, KeyboardInterrupt) else ("SIGTERM", 143)
+        print(f"stitchlab {args.command}: interrupted by {name}; {_resume_hint(args)}",
               file=sys.stderr)
-        return 130
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -7,6 +7,9 @@ directory. Every stage writes results.json atomically when it ends, so an interr
 what finished. A run directory looks like::
 
     RUN/config.toml  RUN/results.json  RUN/log.txt  RUN/models/NAME.safetensors
+
+While a command writes into RUN it holds ``RUN/.lock`` (see `locked`); running it again on the
+same RUN resumes: checkpoints trained with the same settings are reused, later stages recomputed.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import torch
 from . import config as cfg
 from . import data as data_mod
 from .checkpoints import load_checkpoint, save_checkpoint
-from .errors import StitchlabError
-from .fileio import atomic_write_text
+from .errors import CheckpointError, ConfigError, StitchlabError
+from .fileio import atomic_write_text, remove_stale_temporaries
 from .latent import basic_stats, mean_vector_comparison
 from .models import EncoderDecoder
 from .results import SCHEMA, environment, read_results, write_results
+from .runlock import RunLock
 from .splice import encode, splice_table
 from .training import TrainSettings, train_models
 
@@ -81,6 +85,25 @@ def prepare_run_dir(run_dir: Path) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """Hold RUN/.lock while the block runs; temporaries of interrupted writes are removed.
+
+    Temporaries are removed on entry (left by a killed run) and on every way out, so a block
+    stopped by an exception or KeyboardInterrupt leaves only whole files behind.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StitchlabError(f"{run_dir}: no such run directory; create one with `stitchlab run`")
+    with RunLock(run_dir):
+        for p in remove_stale_temporaries(run_dir):
+            log.info("removed %s, left by an interrupted write", p)
+        try:
+            yield
+        finally:
+            remove_stale_temporaries(run_dir)
+
+
 def new_context(config: cfg.RunConfig, run_dir: Path) -> Context:
     device = resolve_device(config.device)
     results = {
@@ -120,6 +143,11 @@ def load_data(ctx: Context) -> None:
     t0 = time.perf_counter()
     c = ctx.config
     ds = data_mod.load(c.dataset, root=c.data_dir or None)
+    for key, have in (("train_samples", ds.train_images.shape[0]),
+                      ("test_samples", ds.test_images.shape[0])):
+        if getattr(c, key) > have:
+            raise ConfigError(f"key {key!r} is {getattr(c, key)} but {c.dataset} has only "
+                              f"{have} images in that split; use at most {have} (0 = all)")
     n_tr = c.train_samples or ds.train_images.shape[0]
     n_te = c.test_samples or ds.test_images.shape[0]
     ctx.dataset = ds
@@ -157,7 +185,10 @@ def reusable_checkpoint(path: Path, signature: dict) -> dict | None:
     """
     if not path.is_file():
         return None
-    _, meta = load_checkpoint(path)
+    try:
+        _, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; or pass --force to retrain every model") from exc
     stored = meta.get("training", {})
     diff = sorted(k for k in signature if stored.get(k) != signature[k])
     if diff:
@@ -167,6 +198,15 @@ def reusable_checkpoint(path: Path, signature: dict) -> dict | None:
             f"pass --force to retrain, or choose another --out"
         )
     return meta
+
+
+def check_reuse(ctx: Context, force: bool = False) -> None:
+    """Raise before anything is written if RUN holds checkpoints trained with other settings."""
+    if force:
+        return
+    for name, seed, width in cfg.model_names(ctx.config):
+        path = ctx.run_dir / "models" / f"{name}.safetensors"
+        reusable_checkpoint(path, training_signature(ctx.config, seed, width))
 
 
 def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = False) -> None:
@@ -270,7 +310,7 @@ def write_config(ctx: Context) -> None:
 def run_log(run_dir: Path):
     """Append the package's log records (INFO and up) to RUN/log.txt while the block runs."""
     logger = logging.getLogger("stitchlab")
-    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8", delay=True)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     old_level = logger.level
@@ -290,16 +330,25 @@ def run(
     run_dir: Path,
     on_epoch: EpochCallback | None = None,
     force: bool = False,
+    train_only: bool = False,
 ) -> Context:
-    """Every stage in order into `run_dir`; returns the context with all results."""
+    """Every stage in order into `run_dir` (only up to training if `train_only`).
+
+    Resumes when `run_dir` holds an earlier run: matching checkpoints are reused (all retrained
+    when `force`); checkpoints trained with other settings stop the run before it writes
+    anything. Returns the context with all results.
+    """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir)
-    with run_log(run_dir):
+    with run_log(run_dir), locked(run_dir):
         ctx = new_context(config, run_dir)
-        write_config(ctx)
+        check_reuse(ctx, force)
         load_data(ctx)
+        write_config(ctx)
         train(ctx, on_epoch=on_epoch, force=force)
+        if train_only:
+            return ctx
         load_models(ctx)
         encode_all(ctx)
         splice(ctx)
