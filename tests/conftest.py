@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import stitchlab
 from stitchlab import config as cfg
@@ -70,9 +71,28 @@ def run_copy(tiny_run, tmp_path) -> Path:
     return run_dir
 
 
-def cli_env() -> dict[str, str]:
-    """The environment for a subprocess that must import the same stitchlab as the tests."""
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread in this process while a module's tests run (see `cli_env`).
+
+    On a small shared machine, two OpenMP threads that keep waiting for each other make these
+    tiny trainings several times slower; with one thread everywhere, in-process and subprocess
+    runs also compute under the same setting.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli_env(threads: int | None = None) -> dict[str, str]:
+    """The environment for a subprocess that must import the same stitchlab as the tests.
+
+    `threads` sets OMP_NUM_THREADS, which is where torch takes its thread count from.
+    """
     env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     src = str(Path(stitchlab.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     env.setdefault("NO_COLOR", "1")

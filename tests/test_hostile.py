@@ -19,6 +19,8 @@ from stitchlab.errors import OutputError
 from stitchlab.fileio import atomic_write_json
 from stitchlab.models import build_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = ["--seeds", "1", "2", "--epochs", "2", "--train-samples", "3000", "--test-samples",
          "1000", "--device", "cpu"]
 

@@ -30,6 +30,8 @@ ARGS = ["--seeds", "1", "2", "--latent-dims", "8", "16", "--epochs", "3",
         "--train-samples", "3000", "--test-samples", "1000", "--device", "cpu"]
 MODELS = ("A8", "B8", "A16", "B16")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def numbers(results: dict) -> dict:
     """A results dict without what may change from run to run: timings and the environment."""
@@ -56,7 +58,7 @@ def config():
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+def reference(tmp_path_factory, one_torch_thread) -> Path:
     """An uninterrupted run of ARGS, in this process."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     pipeline.run(config(), run_dir)
@@ -97,40 +99,31 @@ def test_a_model_trains_the_same_alone_or_in_a_batch():
 
 # --- interruptions --------------------------------------------------------------------------
 
-# Prepended to `stitchlab.cli.main` where the process must stop at an exact point; the stops are
-# real signals, sent by the process to itself.
+# Run before `stitchlab.cli.main` where the process must stop at an exact point: it kills itself
+# with SIGKILL once results.json's temporary holds the splice table, before the rename.
 DIE_WHILE_WRITING_SPLICE_RESULTS = """
 import json, os, signal
 _replace = os.replace
 def replace(src, dst, *args, **kwargs):
     if str(dst).endswith("results.json") and "splice" in json.load(open(src)):
-        os.kill(os.getpid(), signal.SIGKILL)  # the temporary is complete, not yet renamed
+        os.kill(os.getpid(), signal.SIGKILL)
     return _replace(src, dst, *args, **kwargs)
 os.replace = replace
-"""
-CTRL_C_IN_LATENT_STAGE = """
-import os, signal
-import stitchlab.pipeline as p
-signal.signal(signal.SIGINT, signal.default_int_handler)
-_latent = p.latent_stats
-def latent_stats(ctx):
-    os.kill(os.getpid(), signal.SIGINT)
-    return _latent(ctx)
-p.latent_stats = latent_stats
 """
 
 
 class Run:
     """`stitchlab run ARGS --out RUN` in a subprocess whose stderr lines are watched."""
 
-    def __init__(self, run_dir: Path, prelude: str | None = None):
+    def __init__(self, run_dir: Path, *extra: str, prelude: str | None = None):
         if prelude is None:
             cmd = [sys.executable, "-m", "stitchlab"]
         else:
             cmd = [sys.executable, "-c",
                    prelude + "\nimport sys\nfrom stitchlab.cli import main\nsys.exit(main())"]
-        self.proc = subprocess.Popen([*cmd, "run", *ARGS, "--out", str(run_dir)], env=cli_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([*cmd, "run", *ARGS, *extra, "--out", str(run_dir)],
+                                     env=cli_env(threads=1), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -182,30 +175,29 @@ def checkpoints(run_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_uninterrupted_numbers(reference, tmp_path):
+def test_killed_run_resumes_to_the_uninterrupted_numbers(reference, tmp_path):
     run_dir = tmp_path / "run"
 
-    # 1. SIGTERM while the first pass (A8, B8) trains: exit 143, nothing kept, nothing partial.
+    # 1. SIGKILL while the first pass (A8, B8) trains: nothing kept, nothing partial.
     run = Run(run_dir)
     run.wait_for_line("epoch   1/3")
-    run.proc.send_signal(signal.SIGTERM)
+    run.proc.kill()
     code, err = run.finish()
-    assert code == 143, err
-    assert "interrupted by SIGTERM" in err and "run the same command again to resume" in err
-    assert checkpoints(run_dir) == [] and temporaries(run_dir) == []
-    assert not (run_dir / ".lock").exists() and not (run_dir / "results.json").exists()
+    assert code == -signal.SIGKILL, err
+    assert checkpoints(run_dir) == [] and not (run_dir / "results.json").exists()
+    assert (run_dir / ".lock").exists()  # left by the killed process, held by nobody
 
     # 2. SIGKILL once the first pass is saved, while the second trains.
     run = Run(run_dir)
     wait_for_file(run_dir / "models" / "B8.safetensors", run.proc)
     run.proc.kill()
     code, err = run.finish()
-    assert code == -signal.SIGKILL
+    assert code == -signal.SIGKILL, err
+    assert "train   A8" in err  # the stale lock did not stop it
     assert checkpoints(run_dir) == ["A8", "B8"]
-    assert (run_dir / ".lock").exists()  # left by the killed process, held by nobody
 
     # 3. SIGKILL in the splice stage, between writing results.json's temporary and renaming it.
-    run = Run(run_dir, DIE_WHILE_WRITING_SPLICE_RESULTS)
+    run = Run(run_dir, prelude=DIE_WHILE_WRITING_SPLICE_RESULTS)
     code, err = run.finish()
     assert code == -signal.SIGKILL, err
     assert "train   A8" not in err and "train  A16" in err  # A8, B8 were reused, not retrained
@@ -213,22 +205,53 @@ def test_interrupted_run_resumes_to_the_uninterrupted_numbers(reference, tmp_pat
     assert "splice" not in read_results(run_dir / "results.json")  # the train stage's version
     assert [p.name.startswith(".results.json.") for p in temporaries(run_dir)] == [True]
 
-    # 4. Ctrl-C (SIGINT) in the latent stage: exit 130, the splice stage's results kept.
-    run = Run(run_dir, CTRL_C_IN_LATENT_STAGE)
-    code, err = run.finish()
-    assert code == 130, err
-    assert "interrupted by SIGINT" in err and "train " not in err
-    results = read_results(run_dir / "results.json")
-    assert "splice" in results and "latent" not in results
-    assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
-
-    # 5. Resume to the end: the numbers and weights of the run that was never interrupted.
+    # 4. Resume to the end: the numbers and weights of the run that was never interrupted.
     run = Run(run_dir)
     code, err = run.finish()
     assert code == 0, err
+    assert "train " not in err
     assert numbers(read_results(run_dir / "results.json")) == numbers(
         read_results(reference / "results.json"))
     assert_same_weights(run_dir, reference)
+    assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_exit_143_and_keeps_what_finished(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    before = snapshot(run_dir)
+    run = Run(run_dir, "--force")
+    run.wait_for_line("epoch   1/3")
+    run.proc.send_signal(signal.SIGTERM)
+    code, err = run.finish()
+    assert code == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last == (f"stitchlab run: interrupted by SIGTERM; finished models are kept in "
+                    f"{run_dir}; run the same command again to resume")
+    after = snapshot(run_dir)
+    assert after.pop("log.txt").startswith(before.pop("log.txt"))
+    assert after == before  # the retrain had finished nothing, so nothing changed
+    assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
+
+
+def test_ctrl_c_in_a_later_stage_exits_130_and_keeps_what_finished(
+        reference, tmp_path, monkeypatch, main_in_process):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "results.json").unlink()
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt  # what Python's SIGINT handler raises
+
+    monkeypatch.setattr(pipeline, "latent_stats", interrupted)
+    code, _, err = main_in_process("run", *ARGS, "--out", run_dir)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (
+        f"stitchlab run: interrupted by SIGINT; finished models are kept in {run_dir}; "
+        f"run the same command again to resume")
+    results = read_results(run_dir / "results.json")
+    assert "splice" in results and "latent" not in results
     assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
 
 
