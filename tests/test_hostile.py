@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY_ARGS, snapshot
+from stitchlab import pipeline
 from stitchlab.checkpoints import save_checkpoint
 from stitchlab.errors import OutputError
 from stitchlab.fileio import atomic_write_json
@@ -216,6 +218,25 @@ def test_diverging_training_stops_and_writes_no_nan(tmp_path, main_in_process):
     assert not (run_dir / "results.json").exists()
     for text in snapshot(run_dir).values():
         assert b"NaN" not in text and b"Infinity" not in text
+
+
+def test_non_finite_weights_after_training_are_not_saved(tmp_path, monkeypatch,
+                                                         main_in_process):
+    real = pipeline.train_models
+
+    def last_step_went_nan(*args, **kwargs):
+        trained = real(*args, **kwargs)
+        with torch.no_grad():
+            trained[1].model.decoder.net[6].bias[0] = float("nan")
+        return trained
+
+    monkeypatch.setattr(pipeline, "train_models", last_step_went_nan)
+    run_dir = tmp_path / "r"
+    code, _, err = main_in_process("run", *SMALL, "--epochs", "1", "-q", "--out", run_dir)
+    assert_one_line_error(code, err, "model B ended training with non-finite weights or test "
+                                     "loss (the others are saved); lower --lr")
+    assert [p.name for p in (run_dir / "models").iterdir()] == ["A.safetensors"]
+    assert not (run_dir / "results.json").exists()
 
 
 def test_diverging_retrain_keeps_the_earlier_models(run_copy, main_in_process):

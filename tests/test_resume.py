@@ -8,6 +8,7 @@ _batch` shows that gives the same numbers too.
 
 from __future__ import annotations
 
+import ast
 import copy
 import queue
 import shutil
@@ -253,6 +254,48 @@ def test_ctrl_c_in_a_later_stage_exits_130_and_keeps_what_finished(
     results = read_results(run_dir / "results.json")
     assert "splice" in results and "latent" not in results
     assert temporaries(run_dir) == [] and not (run_dir / ".lock").exists()
+
+
+# Calls that write a file other than through stitchlab.fileio's atomic writers: method names
+# that write whatever their receiver, and module functions that do (module -> names).
+WRITING_METHODS = {"write_text", "write_bytes", "savefig"}
+WRITING_FUNCTIONS = {"torch": {"save"}, "np": {"save", "savez", "savetxt"},
+                     "json": {"dump"}, "pickle": {"dump"},
+                     "shutil": {"copy", "copy2", "copyfile", "copytree", "move"}}
+ALLOWED_DIRECT_WRITES = {
+    "fileio.py": "the atomic writers themselves",
+    "data.py": "download() writes its own temporary, checks its SHA-256, then renames it",
+}
+
+
+def _direct_writes(tree: ast.AST) -> list[int]:
+    """Line numbers of calls in `tree` that write files directly."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        owner = getattr(func.value, "id", "") if isinstance(func, ast.Attribute) else ""
+        if name in WRITING_METHODS or name in WRITING_FUNCTIONS.get(owner, ()):
+            lines.append(node.lineno)
+        elif name in ("open", "fdopen"):
+            modes = node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"]
+            if any(isinstance(m, ast.Constant) and set(str(m.value)) & set("wax+")
+                   for m in modes):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_every_output_is_written_atomically_through_fileio():
+    src = Path(pipeline.__file__).parent
+    for path in sorted(src.rglob("*.py")):
+        if path.name in ALLOWED_DIRECT_WRITES:
+            continue
+        for number in _direct_writes(ast.parse(path.read_text())):
+            raise AssertionError(
+                f"{path.relative_to(src)}:{number} writes a file directly; use "
+                f"stitchlab.fileio.atomic_write_* so an interruption cannot leave it half-written")
 
 
 def test_differing_config_stops_before_writing_anything(reference, tmp_path, main_in_process):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,14 +27,14 @@ import torch
 from . import config as cfg
 from . import data as data_mod
 from .checkpoints import load_checkpoint, save_checkpoint
-from .errors import CheckpointError, ConfigError, StitchlabError
+from .errors import CheckpointError, ConfigError, StitchlabError, TrainingDiverged
 from .fileio import atomic_write_text, remove_stale_temporaries
 from .latent import basic_stats, mean_vector_comparison
 from .models import EncoderDecoder
 from .results import SCHEMA, environment, read_results, write_results
 from .runlock import RunLock
 from .splice import encode, splice_table
-from .training import TrainSettings, train_models
+from .training import TrainedModel, TrainSettings, train_models
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,17 @@ def check_reuse(ctx: Context, force: bool = False) -> None:
         reusable_checkpoint(path, training_signature(ctx.config, seed, width))
 
 
+def _all_finite(t: TrainedModel) -> bool:
+    """Whether a trained model's weights and every number in its history are finite.
+
+    Training checks its loss every epoch, but the last step can still leave NaN weights, and
+    those would show only as a NaN test loss.
+    """
+    numbers = [v for row in t.history for v in row.values() if isinstance(v, float)]
+    return (all(math.isfinite(v) for v in numbers)
+            and all(bool(torch.isfinite(p).all()) for p in t.model.parameters()))
+
+
 def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = False) -> None:
     """Train every model of the config (reusing matching checkpoints unless `force`).
 
@@ -240,7 +252,10 @@ def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = Fal
         trained = train_models(seeds, names, ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test,
                                latent_dim=width, settings=settings, device=ctx.device,
                                on_epoch=on_epoch)
+        diverged = [t.name for t in trained if not _all_finite(t)]
         for t in trained:
+            if t.name in diverged:
+                continue
             meta = {
                 "name": t.name, "seed": t.seed, "dataset": c.dataset, "dropout": c.dropout,
                 "test_accuracy": t.test_accuracy, "test_loss": t.test_loss,
@@ -251,6 +266,11 @@ def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = Fal
             save_checkpoint(ctx.run_dir / "models" / f"{t.name}.safetensors", t.model, meta)
             records[t.name] = _model_record(t.name, t.seed, width, c.dataset, meta)
             ctx.models[t.name] = t.model
+        if diverged:
+            raise TrainingDiverged(
+                f"model {', '.join(diverged)} ended training with non-finite weights or test "
+                f"loss (the others are saved); lower --lr (now {c.lr}) and run again"
+            )
 
     ctx.results["models"] = [records[n] for n, _, _ in cfg.model_names(c)]
     _timed(ctx, "train", t0)
