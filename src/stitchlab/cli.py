@@ -37,7 +37,7 @@ def _use_colour(stream) -> bool:
 
 
 class EpochProgress:
-    """One progress bar per model, redrawn in place on a terminal, one line per epoch elsewhere."""
+    """One progress bar per model, redrawn in place on a terminal; one line per epoch elsewhere."""
 
     def __init__(self, epochs: int, stream=sys.stderr, quiet: bool = False, width: int = 24):
         self.epochs, self.stream, self.quiet, self.width = epochs, stream, quiet, width
@@ -60,10 +60,9 @@ class EpochProgress:
             )
         if self.tty and self.drawn:
             self.stream.write(f"\x1b[{self.drawn}F")  # back to the first bar line
-        if self.tty or epoch == self.epochs or epoch == 1:
-            self.stream.write("".join(f"{line}\x1b[K\n" if self.tty else f"{line}\n"
-                                      for line in lines))
-            self.drawn = len(lines)
+        end = "\x1b[K\n" if self.tty else "\n"
+        self.stream.write("".join(line + end for line in lines))
+        self.drawn = len(lines)
         self.stream.flush()
 
 

@@ -262,6 +262,25 @@ def latent_stats(ctx: Context) -> None:
     ctx.save()
 
 
+def analyze(ctx: Context) -> None:
+    """Full latent statistics per model, and every similarity measure for every pair."""
+    from . import latent, similarity
+
+    t0 = time.perf_counter()
+    labels = ctx.y_test.cpu().numpy()
+    section = ctx.results.setdefault("latent", {"models": {}, "pairs": []})
+    for name in ctx.names:
+        section["models"][name] = latent.describe(ctx.test_latents[name], labels)
+    sim = similarity.similarity_matrix(
+        {n: ctx.test_latents[n] for n in ctx.names}, labels)
+    if "splice" in ctx.results:
+        sim["splice_correlation"] = similarity.rank_correlation_with_splice(
+            sim["values"], ctx.results["splice"]["accuracy"])
+    ctx.results["similarity"] = sim
+    _timed(ctx, "analyze", t0)
+    ctx.save()
+
+
 def write_config(ctx: Context) -> None:
     atomic_write_text(ctx.run_dir / "config.toml", ctx.config.to_toml())
 
