@@ -11,8 +11,8 @@ builds its kernels in row blocks of ``_BLOCK_ROWS`` x n, RSA subsamples points, 
 uses scikit-learn's chunked brute-force search.
 
 Timing: ``PYTHONPATH=src python benchmarks/bench_similarity.py --blas-threads 1`` runs all eleven
-measures on one pair of 10,000 x 32 ReLU-like latents in 1.6 s of CPU time (median of 3 repeats,
-2-core shared machine); RBF CKA and mutual k-NN take 0.7 s each, the rest 0.4 s together.
+measures on one pair of 10,000 x 32 ReLU-like latents in 1.7 s of CPU time (median of 3 repeats,
+2-core shared machine); RBF CKA and mutual k-NN take 0.7 s each, the other nine 0.3 s together.
 """
 
 from __future__ import annotations
