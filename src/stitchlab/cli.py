@@ -91,6 +91,17 @@ def summary(results: dict, run_dir: Path) -> str:
                     continue
                 drop = 100 * (own[dec] - acc)
                 out.append(f"{enc + ' -> ' + dec:<27} {_pct(acc)}  {drop:6.1f} points")
+    sim = results.get("similarity")
+    if sim:
+        out.append("")
+        out.append("similarity (test set)   linear CKA  procrustes  mutual kNN")
+        names, values = sim["models"], sim["values"]
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                row = [values.get(m, [[None]])[i][j] for m in
+                       ("linear_cka", "procrustes_distance", "mutual_knn")]
+                cells = "".join("         n/a" if v is None else f"{v:12.3f}" for v in row)
+                out.append(f"{a + ' vs ' + names[j]:<22}{cells}")
     out.append("")
     out.append(f"run directory: {run_dir}")
     return "\n".join(out)
@@ -149,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild the N x N splice table of RUN from its checkpoints.")
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
+    _add_verbosity(p)
+    p = sub.add_parser("analyze", help="latent statistics and similarity measures of a run",
+                       description="Add latent statistics and similarity measures to RUN.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
     _add_verbosity(p)
     return parser
 
@@ -211,12 +227,14 @@ def cmd_run(args, train_only: bool = False) -> int:
     return 0
 
 
-def cmd_splice(args) -> int:
+def cmd_stage(args, *stages) -> int:
+    """Run `stages` in order on the existing run directory args.run_dir."""
     run_dir = Path(args.run_dir)
     _setup_logging(args)
     ctx = pipeline.reopen(run_dir, args.device)
     with pipeline.run_log(run_dir):
-        pipeline.splice(ctx)
+        for stage in stages:
+            stage(ctx)
     print(summary(ctx.results, run_dir))
     return 0
 
@@ -233,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_run(args, train_only=True)
         if args.command == "splice":
-            return cmd_splice(args)
+            return cmd_stage(args, pipeline.splice)
+        if args.command == "analyze":
+            return cmd_stage(args, pipeline.latent_stats, pipeline.analyze)
     except StitchlabError as exc:
         print(f"stitchlab {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -271,8 +271,10 @@ def analyze(ctx: Context) -> None:
     section = ctx.results.setdefault("latent", {"models": {}, "pairs": []})
     for name in ctx.names:
         section["models"][name] = latent.describe(ctx.test_latents[name], labels)
-    sim = similarity.similarity_matrix(
-        {n: ctx.test_latents[n] for n in ctx.names}, labels)
+    try:
+        sim = similarity.similarity_matrix({n: ctx.test_latents[n] for n in ctx.names}, labels)
+    except ValueError as exc:
+        raise StitchlabError(f"analyze: {exc}; a larger test_samples may help") from exc
     if "splice" in ctx.results:
         sim["splice_correlation"] = similarity.rank_correlation_with_splice(
             sim["values"], ctx.results["splice"]["accuracy"])
@@ -323,6 +325,7 @@ def run(
         encode_all(ctx)
         splice(ctx)
         latent_stats(ctx)
+        analyze(ctx)
         _timed(ctx, "total", t0)
         ctx.save()
     return ctx
