@@ -183,6 +183,8 @@ def test_repaired_matrix_marks_pairs_a_method_cannot_fit(zoo):
     assert isinstance(m[1][0], float)  # 16 -> 32 can
     with pytest.raises(align.AlignmentError, match="missing from latents_test or decoders"):
         ex.repaired_matrix(z, zoo["y"][:500], {"a": zt["a"]}, zoo["yt"], decoders, "procrustes")
+    with pytest.raises(align.AlignmentError, match="use relative_matrix"):
+        ex.repaired_matrix(z, zoo["y"][:500], zt, zoo["yt"], decoders, "relative")
 
 
 # --- controls ----------------------------------------------------------------------------------

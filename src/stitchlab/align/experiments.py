@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import Decoder, build_model
+from ..models import NUM_CLASSES, Decoder, build_model
 from .base import AlignmentError, NotEnoughAnchors, as_latents
 from .centroids import predict_labels
 from .registry import (
@@ -196,6 +196,16 @@ class _Pool:
         return (idx[:k], idx[k:]) if two_sided else (idx, idx)
 
 
+def _check_methods(methods: Sequence[str], caller: str) -> None:
+    """Known methods only, and not ``relative``, which needs decoders trained for it."""
+    for m in methods:
+        if get_method(m).inputs == RELATIVE:
+            raise AlignmentError(
+                f"{caller} cannot measure {m}: it maps into relative coordinates that only "
+                f"decoders trained for them can read; use relative_matrix instead"
+            )
+
+
 def _draw_order(n: int, seed: int, k: int, repeat: int) -> np.ndarray:
     """Draw `repeat` at count `k`: a permutation of range(n), the same for every method and pair.
 
@@ -273,8 +283,12 @@ def anchor_sweep(
     >>> [(r["anchors"], r["skipped"] is None) for r in rows]
     [(1, False), (50, True)]
     """
-    for m in methods:
-        get_method(m)
+    _check_methods(methods, "anchor_sweep")
+    if "self_centroids" in methods and source_decoder is None:
+        raise AlignmentError(
+            "self_centroids needs the source model's decoder to label its own images; pass "
+            "source_decoder= to anchor_sweep or drop self_centroids"
+        )
     if not (isinstance(repeats, int) and repeats >= 1):
         raise AlignmentError(f"repeats must be an integer >= 1, got {repeats!r}")
     pool = _Pool(source_train_z, target_train_z, train_labels, decoder, source_decoder,
@@ -363,7 +377,7 @@ def repaired_matrix(
     AlignmentError
         for an unknown method, ``relative``, or names missing from `latents_test`/`decoders`.
     """
-    get_method(method)
+    _check_methods([method], "repaired_matrix")
     names = list(latents_train)
     missing = [n for n in names if n not in latents_test or n not in decoders]
     if missing:
@@ -384,8 +398,6 @@ def repaired_matrix(
                 src, tgt = pool.draw(method, anchors, _draw_order(pool.n, seed, anchors, 0))
                 aligner = pool.fit(method, src, tgt)
             except AlignmentError as exc:
-                if get_method(method).inputs == RELATIVE:
-                    raise
                 log.info("repaired_matrix: %s cannot fit %s -> %s: %s", method, i, j, exc)
                 row.append(None)
                 continue
@@ -446,6 +458,12 @@ def controls(
     ``real``, ``untrained_encoder`` and ``noise_inputs``, a dict method -> accuracy (None when
     the method cannot fit).
 
+    Raises
+    ------
+    AlignmentError
+        for an unknown method or ``relative``; NotEnoughAnchors when x_train holds fewer than
+        2 x `anchors` images.
+
     Examples
     --------
     >>> import torch
@@ -456,8 +474,7 @@ def controls(
     >>> sorted(out["noise_inputs"])
     ['procrustes']
     """
-    for m in methods:
-        get_method(m)
+    _check_methods(methods, "controls")
     y_train_np = _as_label_array(y_train)
 
     # 1. One draw of 2k training images: the first k are the paired anchors (and the source
@@ -482,7 +499,7 @@ def controls(
     }
     zt = latents(target_model.encoder, x_anchor)  # (2k, d_t)
     src = np.arange(anchors)
-    out: dict[str, Any] = {"anchors": anchors, "seed": seed, "chance": 0.1}
+    out: dict[str, Any] = {"anchors": anchors, "seed": seed, "chance": 1.0 / NUM_CLASSES}
     with _eval_mode(target_model.decoder):
         for name, (enc, dec, xa, xt) in conditions.items():
             pool = _Pool(latents(enc, xa), zt, y_anchor, target_model.decoder, dec,
@@ -546,6 +563,11 @@ def train_relative_decoder(
     (projection, decoder): the `RelativeMap` of this encoder and a `models.Decoder` with input
     width k, returned in eval mode. Another encoder is swapped in by giving it its own
     projection of the same anchor images: ``splice(enc_b, decoder, fit_relative(anchor_z_b))``.
+
+    Raises
+    ------
+    AlignmentError
+        on NaN/inf latents, labels of the wrong shape, or a non-finite training loss.
 
     Examples
     --------
@@ -616,6 +638,11 @@ def relative_matrix(
     -------
     list of N lists of N floats, rows = encoders, columns = relative decoders, in the order of
     `latents_train`; the diagonal is each relative model's own accuracy.
+
+    Raises
+    ------
+    NotEnoughAnchors
+        when the training set holds fewer than `anchors` samples.
     """
     names = list(latents_train)
     n = as_latents(latents_train[names[0]], "relative", "latents_train").shape[0]
