@@ -8,9 +8,10 @@ mean +- sample std over the draws, n in the header) and the wall time of the swe
     PYTHONPATH=src python benchmarks/bench_align.py         # tiny models: 20k images, 3 epochs
     PYTHONPATH=src python benchmarks/bench_align.py --full  # the pipeline's: 60k, 10 epochs
 
-Measured on the shared, loaded 2-core CPU machine with one torch and one BLAS thread: the
-whole sweep (both pairs, 6 methods x 13 counts x 5 draws, 582 fits) took 27.1 s on the tiny
-models and 22.6 s with --full (models at 97.9% and 98.0%, 100-anchor Procrustes 97.8%/97.9%).
+Measured on the shared 2-core CPU machine with one torch and one BLAS thread: the whole sweep
+(both pairs, 6 methods x 13 counts x 5 draws, 582 fits) took 17.2 s on the tiny models and
+17.4 s with --full (models at 97.9% and 98.0%, 100-anchor Procrustes 97.7% and 97.9%); 22-27 s
+when the machine was more heavily loaded.
 """
 
 from __future__ import annotations

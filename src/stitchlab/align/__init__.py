@@ -21,9 +21,9 @@ matrix, controls, relative decoders).
 
 Headline (``PYTHONPATH=src python benchmarks/bench_align.py --full``, 2-core CPU): two MNIST
 models, seeds 42 and 123, 60,000 images x 10 epochs, 97.9% and 98.0% test accuracy. Spliced raw
-they score 1.1% and 8.8%; Procrustes on 100 anchors repairs them to 97.8% and 97.9% (mean of 5
+they score 1.1% and 8.8%; Procrustes on 100 anchors repairs them to 97.7% and 97.9% (mean of 5
 draws, std 0.1). Tiny models as in tests/test_align.py (20,000 images x 3 epochs, 94.7% and
-94.2%): raw 0.9% and 9.8%, Procrustes on 100 anchors 94.4% and 93.4%.
+94.2%): raw 0.9% and 9.8%, Procrustes on 100 anchors 94.4% and 93.5%.
 """
 
 from .base import Aligner, AlignmentError, NotEnoughAnchors

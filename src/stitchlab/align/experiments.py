@@ -13,11 +13,12 @@ paired methods' anchors).
 
 Timing (``PYTHONPATH=src python benchmarks/bench_align.py [--full]``): the default sweep, both
 ordered pairs, the 6 closed-form methods, 13 counts x 5 draws (582 fits and evaluations on the
-10,000 test images) took 22.6 s on fully trained and 27.1 s on tiny models, with one torch and
-one BLAS thread on a shared, loaded 2-core machine; about 12 ms of each fit is decoder B's
-forward pass over the test set. Thread oversubscription dominates on such a machine: with the
-default two torch and BLAS threads the same sweep took 92 s. These functions leave thread
-settings to the caller (``torch.set_num_threads(1)`` and ``threadpoolctl.threadpool_limits(1)``).
+10,000 test images) took 17.4 s on fully trained and 17.2 s on tiny models (22-27 s under
+heavier load), with one torch and one BLAS thread on a shared 2-core machine; about 12 ms of
+each fit is decoder B's forward pass over the test set. Thread oversubscription dominates on
+such a machine: with the default two torch and BLAS threads the same sweep took 92 s. These
+functions leave thread settings to the caller (``torch.set_num_threads(1)``,
+``threadpoolctl.threadpool_limits(1)``).
 """
 
 from __future__ import annotations
