@@ -102,9 +102,38 @@ def summary(results: dict, run_dir: Path) -> str:
                        ("linear_cka", "procrustes_distance", "mutual_knn")]
                 cells = "".join("         n/a" if v is None else f"{v:12.3f}" for v in row)
                 out.append(f"{a + ' vs ' + names[j]:<22}{cells}")
+    out += _alignment_summary(results.get("alignment"))
     out.append("")
     out.append(f"run directory: {run_dir}")
     return "\n".join(out)
+
+
+def _alignment_summary(al: dict | None) -> list[str]:
+    """Repaired accuracy per method at the repaired-matrix anchor count; the controls."""
+    if not al:
+        return []
+    rep = al["repaired"]
+    names = rep["models"]
+    pairs = [(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]
+    wide = len(pairs) > 4
+    heads = ["mean", "min", "max"] if wide else [f"{names[i]} -> {names[j]}" for i, j in pairs]
+    out = ["", f"repaired splice ({rep['anchors']} anchors)"
+           + ("  over all pairs" if wide else "") + "".join(f"{h:>10}" for h in heads)]
+    for method, matrix in rep["methods"].items():
+        vals = [matrix[i][j] for i, j in pairs]
+        if wide:
+            ok = [v for v in vals if v is not None]
+            vals = [sum(ok) / len(ok), min(ok), max(ok)] if ok else [None] * 3
+        label = f"  {method}"
+        width = len(out[1]) - 10 * len(heads)
+        out.append(f"{label:<{width}}" + "".join(f"{_pct(v):>10}" for v in vals))
+    ctrl = al.get("controls")
+    if ctrl:
+        flagged = ", ".join(ctrl["flagged"]) or "none"
+        out.append(f"controls on {ctrl['encoder']} -> {ctrl['decoder']} (untrained encoder, "
+                   f"noise inputs): methods that repair them as well as the real encoder: "
+                   f"{flagged}")
+    return out
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -163,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(p)
     p = sub.add_parser("analyze", help="latent statistics and similarity measures of a run",
                        description="Add latent statistics and similarity measures to RUN.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
+    _add_verbosity(p)
+    p = sub.add_parser("align", help="alignment maps: anchor sweeps, repaired matrices, controls",
+                       description="Fit alignment maps between every pair of models of RUN.")
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
     _add_verbosity(p)
@@ -254,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_stage(args, pipeline.splice)
         if args.command == "analyze":
             return cmd_stage(args, pipeline.latent_stats, pipeline.analyze)
+        if args.command == "align":
+            return cmd_stage(args, pipeline.align)
     except StitchlabError as exc:
         print(f"stitchlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
