@@ -46,7 +46,8 @@ def write_dataset(folder: Path, n_train=20, n_test=10, gz=True, seed=0) -> Path:
 
 def tiny_config(**overrides) -> cfg.RunConfig:
     """Real MNIST, 20k training images, 3 epochs: trains in a few seconds."""
-    base = dict(seeds=[42, 123], epochs=3, train_samples=20000, test_samples=5000, device="cpu")
+    base = dict(seeds=[42, 123], epochs=3, train_samples=20000, test_samples=5000, device="cpu",
+                align={"anchors": [5, 50, 200], "repeats": 2})
     base.update(overrides)
     return cfg.from_dict(base)
 

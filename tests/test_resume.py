@@ -27,8 +27,9 @@ from stitchlab import cli, pipeline, training
 from stitchlab.checkpoints import load_checkpoint, read_checkpoint
 from stitchlab.results import read_results
 
-ARGS = ["--seeds", "1", "2", "--latent-dims", "8", "16", "--epochs", "3",
-        "--train-samples", "3000", "--test-samples", "1000", "--device", "cpu"]
+ARGS = ["--config", str(Path(__file__).parent / "small_align.toml"), "--seeds", "1", "2",
+        "--latent-dims", "8", "16", "--epochs", "3", "--train-samples", "3000",
+        "--test-samples", "500", "--device", "cpu"]
 MODELS = ("A8", "B8", "A16", "B16")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

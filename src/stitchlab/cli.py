@@ -40,7 +40,7 @@ def _use_colour(stream) -> bool:
 
 
 class EpochProgress:
-    """One progress bar per model, redrawn in place on a terminal, one line per epoch elsewhere."""
+    """One progress bar per model, redrawn in place on a terminal; one line per epoch elsewhere."""
 
     def __init__(self, epochs: int, stream=None, quiet: bool = False, width: int = 24):
         stream = stream or sys.stderr  # looked up now, not at import, so redirection works
@@ -64,10 +64,9 @@ class EpochProgress:
             )
         if self.tty and self.drawn:
             self.stream.write(f"\x1b[{self.drawn}F")  # back to the first bar line
-        if self.tty or epoch == self.epochs or epoch == 1:
-            self.stream.write("".join(f"{line}\x1b[K\n" if self.tty else f"{line}\n"
-                                      for line in lines))
-            self.drawn = len(lines)
+        end = "\x1b[K\n" if self.tty else "\n"
+        self.stream.write("".join(line + end for line in lines))
+        self.drawn = len(lines)
         self.stream.flush()
 
 
@@ -96,9 +95,49 @@ def summary(results: dict, run_dir: Path) -> str:
                     continue
                 drop = 100 * (own[dec] - acc)
                 out.append(f"{enc + ' -> ' + dec:<27} {_pct(acc)}  {drop:6.1f} points")
+    sim = results.get("similarity")
+    if sim:
+        out.append("")
+        out.append("similarity (test set)   linear CKA  procrustes  mutual kNN")
+        names, values = sim["models"], sim["values"]
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                row = [values.get(m, [[None]])[i][j] for m in
+                       ("linear_cka", "procrustes_distance", "mutual_knn")]
+                cells = "".join("         n/a" if v is None else f"{v:12.3f}" for v in row)
+                out.append(f"{a + ' vs ' + names[j]:<22}{cells}")
+    out += _alignment_summary(results.get("alignment"))
     out.append("")
     out.append(f"run directory: {run_dir}")
     return "\n".join(out)
+
+
+def _alignment_summary(al: dict | None) -> list[str]:
+    """Repaired accuracy per method at the repaired-matrix anchor count; the controls."""
+    if not al:
+        return []
+    rep = al["repaired"]
+    names = rep["models"]
+    pairs = [(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]
+    wide = len(pairs) > 4
+    heads = ["mean", "min", "max"] if wide else [f"{names[i]} -> {names[j]}" for i, j in pairs]
+    out = ["", f"repaired splice ({rep['anchors']} anchors)"
+           + ("  over all pairs" if wide else "") + "".join(f"{h:>10}" for h in heads)]
+    for method, matrix in rep["methods"].items():
+        vals = [matrix[i][j] for i, j in pairs]
+        if wide:
+            ok = [v for v in vals if v is not None]
+            vals = [sum(ok) / len(ok), min(ok), max(ok)] if ok else [None] * 3
+        label = f"  {method}"
+        width = len(out[1]) - 10 * len(heads)
+        out.append(f"{label:<{width}}" + "".join(f"{_pct(v):>10}" for v in vals))
+    ctrl = al.get("controls")
+    if ctrl:
+        flagged = ", ".join(ctrl["flagged"]) or "none"
+        out.append(f"controls on {ctrl['encoder']} -> {ctrl['decoder']} (untrained encoder, "
+                   f"noise inputs): methods that repair them as well as the real encoder: "
+                   f"{flagged}")
+    return out
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -154,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild the N x N splice table of RUN from its checkpoints.")
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
+    _add_verbosity(p)
+    p = sub.add_parser("analyze", help="latent statistics and similarity measures of a run",
+                       description="Add latent statistics and similarity measures to RUN.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
+    _add_verbosity(p)
+    p = sub.add_parser("align", help="alignment maps: anchor sweeps, repaired matrices, controls",
+                       description="Fit alignment maps between every pair of models of RUN.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
     _add_verbosity(p)
     p = sub.add_parser("import-weights", help="convert a PyTorch .pth state dict into a "
                        "stitchlab checkpoint",
@@ -223,13 +272,15 @@ def cmd_run(args, train_only: bool = False) -> int:
     return 0
 
 
-def cmd_splice(args) -> int:
+def cmd_stage(args, *stages) -> int:
+    """Run `stages` in order on the existing run directory args.run_dir."""
     run_dir = Path(args.run_dir)
     _setup_logging(args)
     with pipeline.locked(run_dir):
         ctx = pipeline.reopen(run_dir, args.device)
         with pipeline.run_log(run_dir):
-            pipeline.splice(ctx)
+            for stage in stages:
+                stage(ctx)
     print(summary(ctx.results, run_dir))
     return 0
 
@@ -269,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_run(args, train_only=True)
         if args.command == "splice":
-            return cmd_splice(args)
+            return cmd_stage(args, pipeline.splice)
+        if args.command == "analyze":
+            return cmd_stage(args, pipeline.latent_stats, pipeline.analyze)
+        if args.command == "align":
+            return cmd_stage(args, pipeline.align)
         if args.command == "import-weights":
             return cmd_import_weights(args)
     except StitchlabError as exc:

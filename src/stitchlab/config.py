@@ -38,6 +38,8 @@ class AlignConfig:
     repeats: int = 5  # anchor draws per count
     repaired_anchors: int = 100  # anchors for the repaired N x N matrix
     seed: int = 0  # seed of the anchor draws
+    relative: bool = False  # also train relative-representation decoders (slow, opt-in)
+    relative_anchors: int = 300  # anchor images of the relative representation
 
 
 @dataclass
@@ -218,6 +220,19 @@ def validate(config: RunConfig, where: str = "config") -> None:
         raise ConfigError(
             f"{where}: key 'align.repaired_anchors' must be positive, got {a.repaired_anchors}"
         )
+    if a.relative_anchors < 1:
+        raise ConfigError(
+            f"{where}: key 'align.relative_anchors' must be positive, got {a.relative_anchors}"
+        )
+    from .align import METHODS
+
+    for m in a.methods:
+        if m not in METHODS or m == "relative":
+            allowed = ", ".join(k for k in METHODS if k != "relative")
+            raise ConfigError(
+                f"{where}: key 'align.methods' holds {m!r}; choose from {allowed} "
+                f"(relative has its own switch, align.relative = true)"
+            )
     for k in a.anchors:
         if (isinstance(k, str) and k != "all") or (isinstance(k, int) and k < 1):
             raise ConfigError(

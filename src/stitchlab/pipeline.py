@@ -322,6 +322,134 @@ def latent_stats(ctx: Context) -> None:
     ctx.save()
 
 
+def analyze(ctx: Context) -> None:
+    """Full latent statistics per model, and every similarity measure for every pair."""
+    from . import latent, similarity
+
+    t0 = time.perf_counter()
+    labels = ctx.y_test.cpu().numpy()
+    section = ctx.results.setdefault("latent", {"models": {}, "pairs": []})
+    try:
+        with single_threaded():
+            for name in ctx.names:
+                section["models"][name] = latent.describe(ctx.test_latents[name], labels)
+            sim = similarity.similarity_matrix(
+                {n: ctx.test_latents[n] for n in ctx.names}, labels)
+    except ValueError as exc:
+        raise StitchlabError(f"analyze: {exc}; a larger test_samples may help") from exc
+    if "splice" in ctx.results:
+        sim["splice_correlation"] = similarity.rank_correlation_with_splice(
+            sim["values"], ctx.results["splice"]["accuracy"])
+    ctx.results["similarity"] = sim
+    _timed(ctx, "analyze", t0)
+    ctx.save()
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """One torch and one BLAS thread for the block.
+
+    The analysis and alignment stages run thousands of small products; on this project's
+    2-core reference machine, two threads made them several times slower (see the docstring
+    of stitchlab.align.experiments).
+    """
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# Naive baselines for splices across different widths (not defined for equal widths).
+WIDTH_BASELINES = ("zero_pad", "truncate")
+# A method whose score on a control comes within this many points of its real score is flagged.
+CONTROL_MARGIN = 0.05
+
+
+def align(ctx: Context) -> None:
+    """Anchor sweeps for every ordered pair, repaired N x N matrices, and the controls."""
+    from .align import experiments as ex
+
+    t0 = time.perf_counter()
+    c = ctx.config.align
+    names = ctx.names
+    width = {n: ctx.test_latents[n].shape[1] for n in names}
+    y_train, y_test = ctx.y_train.cpu().numpy(), ctx.y_test.cpu().numpy()
+    with single_threaded():
+        # 1. Accuracy against the number of anchors, per ordered pair and method.
+        curves = []
+        for enc in names:
+            for dec in names:
+                if enc == dec:
+                    continue
+                baselines = WIDTH_BASELINES if width[enc] != width[dec] else ()
+                methods = [*c.methods, *(m for m in baselines if m not in c.methods)]
+                if width[enc] > width[dec]:
+                    methods = [m for m in methods if m != "zero_pad"]
+                elif width[enc] < width[dec]:
+                    methods = [m for m in methods if m != "truncate"]
+                rows = ex.anchor_sweep(
+                    ctx.train_latents[enc], ctx.train_latents[dec], y_train,
+                    ctx.models[dec].decoder, ctx.test_latents[enc], y_test,
+                    methods=methods, anchor_counts=c.anchors, repeats=c.repeats, seed=c.seed,
+                    source_decoder=ctx.models[enc].decoder, encoder=enc, decoder_name=dec,
+                )
+                curves += [r for r in rows if r.get("accuracy_mean") is not None]
+        log.info("alignment: %d sweep points", len(curves))
+
+        # 2. The repaired N x N matrix per method at one anchor count.
+        k = min(c.repaired_anchors, ctx.x_train.shape[0] // 2)
+        decoders = {n: ctx.models[n].decoder for n in names}
+        repaired = {
+            m: ex.repaired_matrix(ctx.train_latents, y_train, ctx.test_latents, y_test,
+                                  decoders, m, anchors=k, seed=c.seed)
+            for m in c.methods
+        }
+        section = {"curves": curves,
+                   "repaired": {"anchors": k, "models": names, "methods": repaired}}
+
+        # 3. Controls on the first pair of equal widths: an untrained encoder, noise inputs.
+        pair = next(((a, b) for a in names for b in names
+                     if a != b and width[a] == width[b]), None)
+        if pair is not None:
+            ctrl = ex.controls(ctx.models[pair[0]], ctx.models[pair[1]], ctx.x_train.cpu(),
+                               y_train, ctx.x_test.cpu(), y_test, c.methods, anchors=k,
+                               seed=c.seed)
+            ctrl["encoder"], ctrl["decoder"] = pair
+            ctrl["flagged"] = _flag_controls(ctrl)
+            section["controls"] = ctrl
+
+        # 4. Relative representations, opt-in: decoders trained on relative coordinates.
+        if c.relative:
+            section["relative"] = {
+                "anchors": c.relative_anchors, "models": names,
+                "accuracy": ex.relative_matrix(ctx.train_latents, y_train, ctx.test_latents,
+                                               y_test, anchors=c.relative_anchors,
+                                               seed=c.seed),
+            }
+    ctx.results["alignment"] = section
+    _timed(ctx, "align", t0)
+    ctx.save()
+
+
+def _flag_controls(ctrl: dict) -> list[str]:
+    """Methods that repair a control (untrained encoder, noise) about as well as the real one."""
+    flagged = []
+    for method, real in ctrl["real"].items():
+        if real is None:
+            continue
+        for condition in ("untrained_encoder", "noise_inputs"):
+            score = ctrl[condition].get(method)
+            if score is not None and score >= real - CONTROL_MARGIN:
+                flagged.append(method)
+                break
+    return flagged
+
+
 def write_config(ctx: Context) -> None:
     atomic_write_text(ctx.run_dir / "config.toml", ctx.config.to_toml())
 
@@ -373,6 +501,8 @@ def run(
         encode_all(ctx)
         splice(ctx)
         latent_stats(ctx)
+        analyze(ctx)
+        align(ctx)
         _timed(ctx, "total", t0)
         ctx.save()
     return ctx
