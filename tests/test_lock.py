@@ -30,7 +30,8 @@ def test_a_second_process_is_refused_while_a_run_holds_the_lock(run_copy, main_i
         assert f"in use by another stitchlab process (pid {os.getpid()} on host" in lines[0]
         assert "wait for it to finish or stop it" in lines[0]
         # The stage commands that write into RUN take the same lock.
-        for argv in (["train", *TINY_ARGS, "--out", run_copy], ["splice", run_copy]):
+        for argv in (["train", *TINY_ARGS, "--out", run_copy], ["splice", run_copy],
+                     ["analyze", run_copy], ["align", run_copy]):
             code, _, err = main_in_process(*argv)
             assert code == 2 and "in use by another stitchlab process" in err, err
         assert snapshot(run_copy) == before
