@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import stitchlab
 from stitchlab import config as cfg
@@ -43,7 +46,8 @@ def write_dataset(folder: Path, n_train=20, n_test=10, gz=True, seed=0) -> Path:
 
 def tiny_config(**overrides) -> cfg.RunConfig:
     """Real MNIST, 20k training images, 3 epochs: trains in a few seconds."""
-    base = dict(seeds=[42, 123], epochs=3, train_samples=20000, test_samples=5000, device="cpu")
+    base = dict(seeds=[42, 123], epochs=3, train_samples=20000, test_samples=5000, device="cpu",
+                align={"anchors": [5, 50, 200], "repeats": 2})
     base.update(overrides)
     return cfg.from_dict(base)
 
@@ -55,12 +59,80 @@ def tiny_run(tmp_path_factory) -> pipeline.Context:
     return pipeline.run(tiny_config(), run_dir)
 
 
-def run_cli(*args, cwd=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    """`python -m stitchlab ARGS` in a subprocess, importing the same stitchlab as the tests."""
+# The command-line flags of tiny_config().
+TINY_ARGS = ["--seeds", "42", "123", "--epochs", "3", "--train-samples", "20000",
+             "--test-samples", "5000", "--device", "cpu"]
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    """A private copy of the shared tiny run, free to be locked, resumed or damaged."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread in this process while a module's tests run (see `cli_env`).
+
+    On a small shared machine, two OpenMP threads that keep waiting for each other make these
+    tiny trainings several times slower; with one thread everywhere, in-process and subprocess
+    runs also compute under the same setting.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli_env(threads: int | None = None) -> dict[str, str]:
+    """The environment for a subprocess that must import the same stitchlab as the tests.
+
+    `threads` sets OMP_NUM_THREADS, which is where torch takes its thread count from.
+    """
     env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     src = str(Path(stitchlab.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     env.setdefault("NO_COLOR", "1")
+    return env
+
+
+def run_cli(*args, cwd=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m stitchlab ARGS` in a subprocess, importing the same stitchlab as the tests."""
     return subprocess.run([sys.executable, "-m", "stitchlab", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
-                          **kwargs)
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env=cli_env(), **kwargs)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes), to show a command changed nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def main_in_process(capsys):
+    """Call `stitchlab.cli.main(argv)` here; returns (exit code, stdout, stderr).
+
+    Cheaper than a subprocess (no torch import); the package logger is restored afterwards,
+    since main() points it at this test's captured stderr.
+    """
+    from stitchlab import cli
+
+    logger = logging.getLogger("stitchlab")
+    handlers, level = list(logger.handlers), logger.level
+
+    def call(*argv):
+        try:
+            code = cli.main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield call
+    logger.handlers[:] = handlers
+    logger.setLevel(level)

@@ -1,9 +1,10 @@
 """Run directories for the report tests: one tiny real run, and the same with every section.
 
-The real run is 2 models, 3,000 training and 500 test images of MNIST, 1 epoch (a few
-seconds). `add_synthetic_sections` adds the analysis and alignment sections the later stages
-write (synthetic but well-formed numbers), so every figure of the report is drawn. Both are
-built once per test session, whichever module asks first.
+The real run is 2 models, 3,000 training and 500 test images of MNIST, 1 epoch and a small
+alignment sweep, every stage of `pipeline.run` (a few seconds). `add_synthetic_sections`
+replaces its analysis and alignment sections with synthetic but well-formed ones that hold
+what a real tiny run may not (a flagged method, missing values, skipped anchor counts). Both
+are built once per test session, whichever module asks first.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ _built: dict[str, Path] = {}
 
 
 def tiny_report_config() -> cfg.RunConfig:
+    """2 models, 1 epoch on 3,000 images, a small alignment sweep: every stage in seconds."""
     return cfg.from_dict(dict(seeds=[42, 123], epochs=1, train_samples=3000, test_samples=500,
-                              device="cpu"))
+                              device="cpu",
+                              align={"methods": ["procrustes", "affine"], "anchors": [5, 50, "all"],
+                                     "repeats": 2, "repaired_anchors": 50}))
 
 
 def real_run(root: Path) -> Path:

@@ -87,3 +87,38 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     proc = run_cli("run", "--out", str(target), "--epochs", "1")
     assert proc.returncode == 2 and "is a file" in proc.stderr
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_run_measures_similarity_and_cli_analyze_recomputes_it(tiny_run):
+    sim = tiny_run.results["similarity"]
+    assert sim["models"] == ["A", "B"]
+    for name in ("linear_cka", "debiased_cka", "procrustes_distance", "mutual_knn", "svcca"):
+        m = sim["values"][name]
+        assert m[0][1] == pytest.approx(m[1][0]), name  # symmetric measures
+    assert sim["values"]["linear_cka"][0][0] == pytest.approx(1.0)
+    # The splice collapses, yet the two spaces are far from unrelated.
+    assert sim["values"]["linear_cka"][0][1] > 0.5
+    assert "linear_cka" in sim["splice_correlation"]
+    assert tiny_run.results["latent"]["models"]["A"]["participation_ratio"] > 1
+    proc = run_cli("analyze", tiny_run.run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "A vs B" in proc.stdout and "linear CKA" in proc.stdout
+
+
+@pytest.mark.slow
+def test_run_repairs_the_splice_and_records_curves_and_controls(tiny_run):
+    al = tiny_run.results["alignment"]
+    own_b = tiny_run.results["splice"]["accuracy"][1][1]
+    raw = tiny_run.results["splice"]["accuracy"][0][1]
+    procrustes = al["repaired"]["methods"]["procrustes"]
+    assert raw < 0.3 and procrustes[0][1] > 0.9 and procrustes[0][1] > own_b - 0.03
+    assert procrustes[0][0] == pytest.approx(tiny_run.results["splice"]["accuracy"][0][0])
+    keys = {"method", "encoder", "decoder", "anchors", "accuracy_mean", "accuracy_std", "repeats"}
+    assert all(keys <= set(row) for row in al["curves"])
+    at_200 = [r for r in al["curves"] if r["method"] == "procrustes" and r["anchors"] == 200]
+    assert {(r["encoder"], r["decoder"]) for r in at_200} == {("A", "B"), ("B", "A")}
+    assert all(r["repeats"] == 2 for r in at_200)
+    ctrl = al["controls"]
+    assert ctrl["noise_inputs"]["procrustes"] < 0.3  # noise carries nothing to repair
+    assert ctrl["flagged"] == []

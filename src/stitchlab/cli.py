@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__, pipeline
 from . import config as cfg
-from .errors import StitchlabError
+from .checkpoints import import_weights
+from .errors import StitchlabError, Terminated
 
 log = logging.getLogger("stitchlab")
 
@@ -37,9 +40,10 @@ def _use_colour(stream) -> bool:
 
 
 class EpochProgress:
-    """One progress bar per model, redrawn in place on a terminal, one line per epoch elsewhere."""
+    """One progress bar per model, redrawn in place on a terminal; one line per epoch elsewhere."""
 
-    def __init__(self, epochs: int, stream=sys.stderr, quiet: bool = False, width: int = 24):
+    def __init__(self, epochs: int, stream=None, quiet: bool = False, width: int = 24):
+        stream = stream or sys.stderr  # looked up now, not at import, so redirection works
         self.epochs, self.stream, self.quiet, self.width = epochs, stream, quiet, width
         self.tty = stream.isatty()
         self.drawn = 0
@@ -60,10 +64,9 @@ class EpochProgress:
             )
         if self.tty and self.drawn:
             self.stream.write(f"\x1b[{self.drawn}F")  # back to the first bar line
-        if self.tty or epoch == self.epochs or epoch == 1:
-            self.stream.write("".join(f"{line}\x1b[K\n" if self.tty else f"{line}\n"
-                                      for line in lines))
-            self.drawn = len(lines)
+        end = "\x1b[K\n" if self.tty else "\n"
+        self.stream.write("".join(line + end for line in lines))
+        self.drawn = len(lines)
         self.stream.flush()
 
 
@@ -92,9 +95,49 @@ def summary(results: dict, run_dir: Path) -> str:
                     continue
                 drop = 100 * (own[dec] - acc)
                 out.append(f"{enc + ' -> ' + dec:<27} {_pct(acc)}  {drop:6.1f} points")
+    sim = results.get("similarity")
+    if sim:
+        out.append("")
+        out.append("similarity (test set)   linear CKA  procrustes  mutual kNN")
+        names, values = sim["models"], sim["values"]
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                row = [values.get(m, [[None]])[i][j] for m in
+                       ("linear_cka", "procrustes_distance", "mutual_knn")]
+                cells = "".join("         n/a" if v is None else f"{v:12.3f}" for v in row)
+                out.append(f"{a + ' vs ' + names[j]:<22}{cells}")
+    out += _alignment_summary(results.get("alignment"))
     out.append("")
     out.append(f"run directory: {run_dir}")
     return "\n".join(out)
+
+
+def _alignment_summary(al: dict | None) -> list[str]:
+    """Repaired accuracy per method at the repaired-matrix anchor count; the controls."""
+    if not al:
+        return []
+    rep = al["repaired"]
+    names = rep["models"]
+    pairs = [(i, j) for i in range(len(names)) for j in range(len(names)) if i != j]
+    wide = len(pairs) > 4
+    heads = ["mean", "min", "max"] if wide else [f"{names[i]} -> {names[j]}" for i, j in pairs]
+    out = ["", f"repaired splice ({rep['anchors']} anchors)"
+           + ("  over all pairs" if wide else "") + "".join(f"{h:>10}" for h in heads)]
+    for method, matrix in rep["methods"].items():
+        vals = [matrix[i][j] for i, j in pairs]
+        if wide:
+            ok = [v for v in vals if v is not None]
+            vals = [sum(ok) / len(ok), min(ok), max(ok)] if ok else [None] * 3
+        label = f"  {method}"
+        width = len(out[1]) - 10 * len(heads)
+        out.append(f"{label:<{width}}" + "".join(f"{_pct(v):>10}" for v in vals))
+    ctrl = al.get("controls")
+    if ctrl:
+        flagged = ", ".join(ctrl["flagged"]) or "none"
+        out.append(f"controls on {ctrl['encoder']} -> {ctrl['decoder']} (untrained encoder, "
+                   f"noise inputs): methods that repair them as well as the real encoder: "
+                   f"{flagged}")
+    return out
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -151,12 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
     _add_verbosity(p)
+    p = sub.add_parser("analyze", help="latent statistics and similarity measures of a run",
+                       description="Add latent statistics and similarity measures to RUN.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
+    _add_verbosity(p)
+    p = sub.add_parser("align", help="alignment maps: anchor sweeps, repaired matrices, controls",
+                       description="Fit alignment maps between every pair of models of RUN.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
+    _add_verbosity(p)
     p = sub.add_parser("report", help="draw the figures and write report.html and report.md",
                        description="Draw RUN/figures/*.png|svg and write RUN/report.html "
                                    "(self-contained) and RUN/report.md from RUN's results.")
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--no-views", action="store_true",
                    help="leave out the 2-D latent views (no data or checkpoints needed)")
+    _add_verbosity(p)
+    p = sub.add_parser("import-weights", help="convert a PyTorch .pth state dict into a "
+                       "stitchlab checkpoint",
+                       description="Check a .pth state dict of this architecture (loaded with "
+                       "weights_only=True, never unpickling code) and write it as a "
+                       ".safetensors checkpoint.")
+    p.add_argument("file", metavar="FILE", help="the .pth / .pt file")
+    p.add_argument("--latent-dim", type=int, metavar="D",
+                   help="the bottleneck width it must have (default: read from the file)")
+    p.add_argument("--out", metavar="FILE", required=True, help="the .safetensors file to write")
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     _add_verbosity(p)
     return parser
 
@@ -183,6 +247,8 @@ def config_from_args(args: argparse.Namespace) -> cfg.RunConfig:
 
 
 def _out_dir(args) -> Path:
+    if args.out == "":
+        raise StitchlabError("--out is empty; name a run directory")
     return Path(args.out or DEFAULT_OUT)
 
 
@@ -207,24 +273,21 @@ def cmd_run(args, train_only: bool = False) -> int:
     pipeline.prepare_run_dir(run_dir)
     _setup_logging(args)
     progress = EpochProgress(config.epochs, quiet=args.quiet)
-    if train_only:
-        with pipeline.run_log(run_dir):
-            ctx = pipeline.new_context(config, run_dir)
-            pipeline.write_config(ctx)
-            pipeline.load_data(ctx)
-            pipeline.train(ctx, on_epoch=progress, force=args.force)
-    else:
-        ctx = pipeline.run(config, run_dir, on_epoch=progress, force=args.force)
+    ctx = pipeline.run(config, run_dir, on_epoch=progress, force=args.force,
+                       train_only=train_only)
     print(summary(ctx.results, run_dir))
     return 0
 
 
-def cmd_splice(args) -> int:
+def cmd_stage(args, *stages) -> int:
+    """Run `stages` in order on the existing run directory args.run_dir."""
     run_dir = Path(args.run_dir)
     _setup_logging(args)
-    ctx = pipeline.reopen(run_dir, args.device)
-    with pipeline.run_log(run_dir):
-        pipeline.splice(ctx)
+    with pipeline.locked(run_dir):
+        ctx = pipeline.reopen(run_dir, args.device)
+        with pipeline.run_log(run_dir):
+            for stage in stages:
+                stage(ctx)
     print(summary(ctx.results, run_dir))
     return 0
 
@@ -234,12 +297,29 @@ def cmd_report(args) -> int:
 
     run_dir = Path(args.run_dir)
     _setup_logging(args)
-    if not run_dir.is_dir():
-        raise StitchlabError(f"{run_dir}: no such run directory; create one with `stitchlab run`")
-    with pipeline.run_log(run_dir):
+    with pipeline.locked(run_dir), pipeline.run_log(run_dir):
         rep = write_report(run_dir, with_latents=not args.no_views)
     print(f"report: {rep.html} ({len(rep.figures)} figures in {rep.seconds:.1f} s)")
     return 0
+
+
+def cmd_import_weights(args) -> int:
+    _setup_logging(args)
+    model, out = import_weights(args.file, args.out, latent_dim=args.latent_dim,
+                                overwrite=args.force)
+    print(f"wrote {out} (latent width {model.latent_dim}) from {args.file}")
+    return 0
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _resume_hint(args) -> str:
+    if args.command in ("run", "train"):
+        return (f"finished models are kept in {_out_dir(args)}; "
+                f"run the same command again to resume")
+    return "run the same command again"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,22 +328,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # SIGTERM (kill, a batch scheduler, a container stopping) unwinds like Ctrl-C does, so
+    # atomic writes clean up, the lock is released, and what finished is kept.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "train":
             return cmd_run(args, train_only=True)
         if args.command == "splice":
-            return cmd_splice(args)
+            return cmd_stage(args, pipeline.splice)
+        if args.command == "analyze":
+            return cmd_stage(args, pipeline.latent_stats, pipeline.analyze)
+        if args.command == "align":
+            return cmd_stage(args, pipeline.align)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "import-weights":
+            return cmd_import_weights(args)
     except StitchlabError as exc:
         print(f"stitchlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"stitchlab {args.command}: interrupted; run the same command again to resume",
+    except (KeyboardInterrupt, Terminated) as exc:
+        name, code = ("SIGINT", 130) if isinstance(exc, KeyboardInterrupt) else ("SIGTERM", 143)
+        print(f"stitchlab {args.command}: interrupted by {name}; {_resume_hint(args)}",
               file=sys.stderr)
-        return 130
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     raise AssertionError(f"unhandled command {args.command}")
 
 

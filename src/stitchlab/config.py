@@ -22,6 +22,7 @@ from .errors import ConfigError
 
 DATASET_NAMES = ("mnist", "fashion-mnist")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -37,6 +38,8 @@ class AlignConfig:
     repeats: int = 5  # anchor draws per count
     repaired_anchors: int = 100  # anchors for the repaired N x N matrix
     seed: int = 0  # seed of the anchor draws
+    relative: bool = False  # also train relative-representation decoders (slow, opt-in)
+    relative_anchors: int = 300  # anchor images of the relative representation
 
 
 @dataclass
@@ -142,15 +145,24 @@ def from_dict(data: dict, where: str = "config") -> RunConfig:
 def load_toml(path: str | os.PathLike) -> dict:
     """The raw mapping in a TOML file; ConfigError (naming the file) when unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a TOML file")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: is not a regular file (a device or pipe?); give a TOML file")
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            blob = f.read(MAX_CONFIG_BYTES + 1)
+        if len(blob) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path}: larger than {MAX_CONFIG_BYTES} bytes; a config is a few lines of TOML"
+            )
+        return tomllib.loads(blob.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a stitchlab config") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
 
@@ -208,6 +220,19 @@ def validate(config: RunConfig, where: str = "config") -> None:
         raise ConfigError(
             f"{where}: key 'align.repaired_anchors' must be positive, got {a.repaired_anchors}"
         )
+    if a.relative_anchors < 1:
+        raise ConfigError(
+            f"{where}: key 'align.relative_anchors' must be positive, got {a.relative_anchors}"
+        )
+    from .align import METHODS
+
+    for m in a.methods:
+        if m not in METHODS or m == "relative":
+            allowed = ", ".join(k for k in METHODS if k != "relative")
+            raise ConfigError(
+                f"{where}: key 'align.methods' holds {m!r}; choose from {allowed} "
+                f"(relative has its own switch, align.relative = true)"
+            )
     for k in a.anchors:
         if (isinstance(k, str) and k != "all") or (isinstance(k, int) and k < 1):
             raise ConfigError(

@@ -53,6 +53,7 @@ _IDX_TYPES = {
     0x0E: np.dtype(">f8"),
 }
 _CHUNK = 1 << 20
+_MAX_NDIM = 32  # numpy 1.x arrays hold at most 32 dimensions (2.x: 64)
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,11 @@ def parse_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.nda
                 raise DataError(
                     f"{path}: header declares {ndim} dimensions, expected {expect_ndim}"
                 )
-            if ndim == 0:
-                raise DataError(f"{path}: header declares 0 dimensions")
+            if ndim == 0 or ndim > _MAX_NDIM:
+                raise DataError(
+                    f"{path}: header declares {ndim} dimensions; an IDX array needs 1 to "
+                    f"{_MAX_NDIM}"
+                )
 
             # 2. Dimensions, then the exact payload size they imply.
             raw_dims = _read_bounded(f, 4 * ndim, path)
@@ -228,6 +232,13 @@ def parse_idx(path: str | os.PathLike, expect_ndim: int | None = None) -> np.nda
             dims = struct.unpack(f">{ndim}I", raw_dims)
             dtype = _IDX_TYPES[type_code]
             expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
+            # numpy refuses a shape whose non-zero sizes multiply past its index range, even
+            # when another size is 0 and the array would hold nothing.
+            span = int(np.prod([d for d in dims if d], dtype=object)) * dtype.itemsize
+            if span > np.iinfo(np.intp).max:
+                raise DataError(
+                    f"{path}: header declares dimensions {tuple(dims)}, too large for any array"
+                )
 
             # 3. Payload: read one byte past the expected end to detect trailing data.
             payload = _read_bounded(f, expected + 1, path)

@@ -24,3 +24,19 @@ class CheckpointError(StitchlabError, ValueError):
 
 class TrainingDiverged(StitchlabError, RuntimeError):
     """Training produced a non-finite loss; no results are written for that model."""
+
+
+class OutputError(StitchlabError, OSError):
+    """A file of the run could not be written (disk full, read-only, no permission)."""
+
+
+class RunDirInUse(StitchlabError):
+    """Another live stitchlab process holds the run directory's lock."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Raised by the command line's handler so that cleanups run.
+
+    Like KeyboardInterrupt it derives from BaseException, not StitchlabError, so that no
+    ``except Exception`` swallows it on the way out.
+    """

@@ -8,12 +8,16 @@ what finished. A run directory looks like::
 
     RUN/config.toml  RUN/results.json  RUN/log.txt  RUN/models/NAME.safetensors
     RUN/report.html  RUN/report.md  RUN/figures/NAME.png|svg
+
+While a command writes into RUN it holds ``RUN/.lock`` (see `locked`); running it again on the
+same RUN resumes: checkpoints trained with the same settings are reused, later stages recomputed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,13 +28,14 @@ import torch
 from . import config as cfg
 from . import data as data_mod
 from .checkpoints import load_checkpoint, save_checkpoint
-from .errors import StitchlabError
-from .fileio import atomic_write_text
+from .errors import CheckpointError, ConfigError, StitchlabError, TrainingDiverged
+from .fileio import atomic_write_text, remove_stale_temporaries
 from .latent import basic_stats, mean_vector_comparison
 from .models import EncoderDecoder
 from .results import SCHEMA, environment, read_results, write_results
+from .runlock import RunLock
 from .splice import encode, splice_table
-from .training import TrainSettings, train_models
+from .training import TrainedModel, TrainSettings, train_models
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,25 @@ def prepare_run_dir(run_dir: Path) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def locked(run_dir: Path):
+    """Hold RUN/.lock while the block runs; temporaries of interrupted writes are removed.
+
+    Temporaries are removed on entry (left by a killed run) and on every way out, so a block
+    stopped by an exception or KeyboardInterrupt leaves only whole files behind.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise StitchlabError(f"{run_dir}: no such run directory; create one with `stitchlab run`")
+    with RunLock(run_dir):
+        for p in remove_stale_temporaries(run_dir):
+            log.info("removed %s, left by an interrupted write", p)
+        try:
+            yield
+        finally:
+            remove_stale_temporaries(run_dir)
+
+
 def new_context(config: cfg.RunConfig, run_dir: Path) -> Context:
     device = resolve_device(config.device)
     results = {
@@ -121,6 +145,11 @@ def load_data(ctx: Context) -> None:
     t0 = time.perf_counter()
     c = ctx.config
     ds = data_mod.load(c.dataset, root=c.data_dir or None)
+    for key, have in (("train_samples", ds.train_images.shape[0]),
+                      ("test_samples", ds.test_images.shape[0])):
+        if getattr(c, key) > have:
+            raise ConfigError(f"key {key!r} is {getattr(c, key)} but {c.dataset} has only "
+                              f"{have} images in that split; use at most {have} (0 = all)")
     n_tr = c.train_samples or ds.train_images.shape[0]
     n_te = c.test_samples or ds.test_images.shape[0]
     ctx.dataset = ds
@@ -158,7 +187,10 @@ def reusable_checkpoint(path: Path, signature: dict) -> dict | None:
     """
     if not path.is_file():
         return None
-    _, meta = load_checkpoint(path)
+    try:
+        _, meta = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; or pass --force to retrain every model") from exc
     stored = meta.get("training", {})
     diff = sorted(k for k in signature if stored.get(k) != signature[k])
     if diff:
@@ -168,6 +200,26 @@ def reusable_checkpoint(path: Path, signature: dict) -> dict | None:
             f"pass --force to retrain, or choose another --out"
         )
     return meta
+
+
+def check_reuse(ctx: Context, force: bool = False) -> None:
+    """Raise before anything is written if RUN holds checkpoints trained with other settings."""
+    if force:
+        return
+    for name, seed, width in cfg.model_names(ctx.config):
+        path = ctx.run_dir / "models" / f"{name}.safetensors"
+        reusable_checkpoint(path, training_signature(ctx.config, seed, width))
+
+
+def _all_finite(t: TrainedModel) -> bool:
+    """Whether a trained model's weights and every number in its history are finite.
+
+    Training checks its loss every epoch, but the last step can still leave NaN weights, and
+    those would show only as a NaN test loss.
+    """
+    numbers = [v for row in t.history for v in row.values() if isinstance(v, float)]
+    return (all(math.isfinite(v) for v in numbers)
+            and all(bool(torch.isfinite(p).all()) for p in t.model.parameters()))
 
 
 def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = False) -> None:
@@ -201,7 +253,10 @@ def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = Fal
         trained = train_models(seeds, names, ctx.x_train, ctx.y_train, ctx.x_test, ctx.y_test,
                                latent_dim=width, settings=settings, device=ctx.device,
                                on_epoch=on_epoch)
+        diverged = [t.name for t in trained if not _all_finite(t)]
         for t in trained:
+            if t.name in diverged:
+                continue
             meta = {
                 "name": t.name, "seed": t.seed, "dataset": c.dataset, "dropout": c.dropout,
                 "test_accuracy": t.test_accuracy, "test_loss": t.test_loss,
@@ -212,6 +267,11 @@ def train(ctx: Context, on_epoch: EpochCallback | None = None, force: bool = Fal
             save_checkpoint(ctx.run_dir / "models" / f"{t.name}.safetensors", t.model, meta)
             records[t.name] = _model_record(t.name, t.seed, width, c.dataset, meta)
             ctx.models[t.name] = t.model
+        if diverged:
+            raise TrainingDiverged(
+                f"model {', '.join(diverged)} ended training with non-finite weights or test "
+                f"loss (the others are saved); lower --lr (now {c.lr}) and run again"
+            )
 
     ctx.results["models"] = [records[n] for n, _, _ in cfg.model_names(c)]
     _timed(ctx, "train", t0)
@@ -263,6 +323,134 @@ def latent_stats(ctx: Context) -> None:
     ctx.save()
 
 
+def analyze(ctx: Context) -> None:
+    """Full latent statistics per model, and every similarity measure for every pair."""
+    from . import latent, similarity
+
+    t0 = time.perf_counter()
+    labels = ctx.y_test.cpu().numpy()
+    section = ctx.results.setdefault("latent", {"models": {}, "pairs": []})
+    try:
+        with single_threaded():
+            for name in ctx.names:
+                section["models"][name] = latent.describe(ctx.test_latents[name], labels)
+            sim = similarity.similarity_matrix(
+                {n: ctx.test_latents[n] for n in ctx.names}, labels)
+    except ValueError as exc:
+        raise StitchlabError(f"analyze: {exc}; a larger test_samples may help") from exc
+    if "splice" in ctx.results:
+        sim["splice_correlation"] = similarity.rank_correlation_with_splice(
+            sim["values"], ctx.results["splice"]["accuracy"])
+    ctx.results["similarity"] = sim
+    _timed(ctx, "analyze", t0)
+    ctx.save()
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """One torch and one BLAS thread for the block.
+
+    The analysis and alignment stages run thousands of small products; on this project's
+    2-core reference machine, two threads made them several times slower (see the docstring
+    of stitchlab.align.experiments).
+    """
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# Naive baselines for splices across different widths (not defined for equal widths).
+WIDTH_BASELINES = ("zero_pad", "truncate")
+# A method whose score on a control comes within this many points of its real score is flagged.
+CONTROL_MARGIN = 0.05
+
+
+def align(ctx: Context) -> None:
+    """Anchor sweeps for every ordered pair, repaired N x N matrices, and the controls."""
+    from .align import experiments as ex
+
+    t0 = time.perf_counter()
+    c = ctx.config.align
+    names = ctx.names
+    width = {n: ctx.test_latents[n].shape[1] for n in names}
+    y_train, y_test = ctx.y_train.cpu().numpy(), ctx.y_test.cpu().numpy()
+    with single_threaded():
+        # 1. Accuracy against the number of anchors, per ordered pair and method.
+        curves = []
+        for enc in names:
+            for dec in names:
+                if enc == dec:
+                    continue
+                baselines = WIDTH_BASELINES if width[enc] != width[dec] else ()
+                methods = [*c.methods, *(m for m in baselines if m not in c.methods)]
+                if width[enc] > width[dec]:
+                    methods = [m for m in methods if m != "zero_pad"]
+                elif width[enc] < width[dec]:
+                    methods = [m for m in methods if m != "truncate"]
+                rows = ex.anchor_sweep(
+                    ctx.train_latents[enc], ctx.train_latents[dec], y_train,
+                    ctx.models[dec].decoder, ctx.test_latents[enc], y_test,
+                    methods=methods, anchor_counts=c.anchors, repeats=c.repeats, seed=c.seed,
+                    source_decoder=ctx.models[enc].decoder, encoder=enc, decoder_name=dec,
+                )
+                curves += [r for r in rows if r.get("accuracy_mean") is not None]
+        log.info("alignment: %d sweep points", len(curves))
+
+        # 2. The repaired N x N matrix per method at one anchor count.
+        k = min(c.repaired_anchors, ctx.x_train.shape[0] // 2)
+        decoders = {n: ctx.models[n].decoder for n in names}
+        repaired = {
+            m: ex.repaired_matrix(ctx.train_latents, y_train, ctx.test_latents, y_test,
+                                  decoders, m, anchors=k, seed=c.seed)
+            for m in c.methods
+        }
+        section = {"curves": curves,
+                   "repaired": {"anchors": k, "models": names, "methods": repaired}}
+
+        # 3. Controls on the first pair of equal widths: an untrained encoder, noise inputs.
+        pair = next(((a, b) for a in names for b in names
+                     if a != b and width[a] == width[b]), None)
+        if pair is not None:
+            ctrl = ex.controls(ctx.models[pair[0]], ctx.models[pair[1]], ctx.x_train.cpu(),
+                               y_train, ctx.x_test.cpu(), y_test, c.methods, anchors=k,
+                               seed=c.seed)
+            ctrl["encoder"], ctrl["decoder"] = pair
+            ctrl["flagged"] = _flag_controls(ctrl)
+            section["controls"] = ctrl
+
+        # 4. Relative representations, opt-in: decoders trained on relative coordinates.
+        if c.relative:
+            section["relative"] = {
+                "anchors": c.relative_anchors, "models": names,
+                "accuracy": ex.relative_matrix(ctx.train_latents, y_train, ctx.test_latents,
+                                               y_test, anchors=c.relative_anchors,
+                                               seed=c.seed),
+            }
+    ctx.results["alignment"] = section
+    _timed(ctx, "align", t0)
+    ctx.save()
+
+
+def _flag_controls(ctrl: dict) -> list[str]:
+    """Methods that repair a control (untrained encoder, noise) about as well as the real one."""
+    flagged = []
+    for method, real in ctrl["real"].items():
+        if real is None:
+            continue
+        for condition in ("untrained_encoder", "noise_inputs"):
+            score = ctrl[condition].get(method)
+            if score is not None and score >= real - CONTROL_MARGIN:
+                flagged.append(method)
+                break
+    return flagged
+
+
 def report(ctx: Context) -> None:
     """Figures, report.html and report.md of the run, from what the earlier stages measured."""
     from .report import write_report  # matplotlib loads only when a report is drawn
@@ -281,7 +469,7 @@ def write_config(ctx: Context) -> None:
 def run_log(run_dir: Path):
     """Append the package's log records (INFO and up) to RUN/log.txt while the block runs."""
     logger = logging.getLogger("stitchlab")
-    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8", delay=True)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     old_level = logger.level
@@ -301,20 +489,31 @@ def run(
     run_dir: Path,
     on_epoch: EpochCallback | None = None,
     force: bool = False,
+    train_only: bool = False,
 ) -> Context:
-    """Every stage in order into `run_dir`; returns the context with all results."""
+    """Every stage in order into `run_dir` (only up to training if `train_only`).
+
+    Resumes when `run_dir` holds an earlier run: matching checkpoints are reused (all retrained
+    when `force`); checkpoints trained with other settings stop the run before it writes
+    anything. Returns the context with all results.
+    """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir)
-    with run_log(run_dir):
+    with run_log(run_dir), locked(run_dir):
         ctx = new_context(config, run_dir)
-        write_config(ctx)
+        check_reuse(ctx, force)
         load_data(ctx)
+        write_config(ctx)
         train(ctx, on_epoch=on_epoch, force=force)
+        if train_only:
+            return ctx
         load_models(ctx)
         encode_all(ctx)
         splice(ctx)
         latent_stats(ctx)
+        analyze(ctx)
+        align(ctx)
         report(ctx)
         _timed(ctx, "total", t0)
         ctx.save()

@@ -36,13 +36,37 @@ def environment(device: str | torch.device = "cpu") -> dict:
         "cpu_count": os.cpu_count(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        # Kernels and precision: a different SIMD level, oneDNN on or off, or a lower float32
+        # matmul precision changes the order or width of sums, hence the last bits.
+        "cpu_capability": _cpu_capability(),
+        "mkl": torch.backends.mkl.is_available(),
+        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "thread_env": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},
         "git_commit": git_commit(),
     }
     if torch.cuda.is_available() and str(device).startswith("cuda"):
         env["cuda"] = torch.version.cuda
         env["gpu"] = torch.cuda.get_device_name(0)
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["cudnn_deterministic"] = torch.backends.cudnn.deterministic
+        env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
     return env
+
+
+# Environment variables that set thread counts or kernel choices, recorded when set.
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+               "CUBLAS_WORKSPACE_CONFIG")
+
+
+def _cpu_capability() -> str | None:
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return get() if get is not None else None
 
 
 def git_commit() -> str | None:
