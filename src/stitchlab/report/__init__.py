@@ -1,11 +1,11 @@
 """Figures and a self-contained report of a run: RUN/figures/*.png|svg, report.html, report.md.
 
 ``stitchlab report RUN`` (and the last stage of ``stitchlab run``) calls `write_report`. On the
-default run (2 models, 10,000 test images, every section, 13 figures) it took 8.4 to 9.1 s on a
-shared 2-core machine under a load of about 3, of which 2 s are the two t-SNE embeddings (run
-beside the other figures); the whole ``time stitchlab report runs/default`` took 11 to 12 s,
-Python start-up and the torch, matplotlib and scikit-learn imports included. Sections for
-stages the run lacks (similarity, alignment, ...) are left out, not shown empty.
+default run (2 models, 10,000 test images, every section, 13 figures) it took 8.4 to 11.4 s on
+a shared 2-core machine under a load of 2.9 to 3.4, of which 2 s are the two t-SNE embeddings
+(run beside the other figures); the whole ``time stitchlab report runs/default`` took 11 to
+17 s, Python start-up and the imports of torch, matplotlib and scikit-learn included. Sections
+for stages the run lacks (similarity, alignment, ...) are left out, not shown empty.
 """
 
 from __future__ import annotations
