@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,8 +58,10 @@ def test_cli_splice_rebuilds_the_table_from_checkpoints(tiny_run):
 @pytest.mark.slow
 def test_cli_run_prints_summary(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("run", "--epochs", "1", "--train-samples", "3000", "--test-samples", "1000",
-                "--seeds", "1", "2", "3", "--out", str(out), "--device", "cpu")
+    small = Path(__file__).parent / "small_align.toml"
+    proc = run_cli("run", "--config", small, "--epochs", "1", "--train-samples", "3000",
+                   "--test-samples", "1000",
+                   "--seeds", "1", "2", "3", "--out", str(out), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "C -> A" in proc.stdout and f"run directory: {out}" in proc.stdout
     assert "epoch   1/1" in proc.stderr
