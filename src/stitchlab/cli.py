@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN", help="a run directory")
     p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
     _add_verbosity(p)
+    _add_bench_parser(sub)
     return parser
 
 
@@ -222,6 +223,38 @@ def cmd_splice(args) -> int:
     return 0
 
 
+# --- bench ----------------------------------------------------------------------------------
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="training speed against this machine's compute floor",
+                       description="Measure the matrix-product peak, our trainer (one model "
+                                   "and K = 2, 4, 8 at once), the conventional pipeline and "
+                                   "the default run job; print a table.")
+    p.add_argument("--quick", action="store_true",
+                   help="partial epochs, fewer repeats, a 1-epoch run job (under a minute)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
+    p.add_argument("--device", choices=cfg.DEVICES, default="cpu",
+                   help="where to measure (default cpu)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding mnist/")
+    p.add_argument("--no-run", action="store_true", help="skip the `stitchlab run` job")
+    _add_verbosity(p)
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+    from .fileio import atomic_write_json
+
+    _setup_logging(args)
+    settings = bench.BenchSettings.quick_settings() if args.quick else bench.BenchSettings()
+    settings.run_job = not args.no_run
+    results = bench.run_bench(settings, pipeline.resolve_device(args.device), args.data_dir)
+    if args.out:
+        atomic_write_json(args.out, results)
+    print(bench.format_table(results))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -235,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, train_only=True)
         if args.command == "splice":
             return cmd_splice(args)
+        if args.command == "bench":
+            return cmd_bench(args)
     except StitchlabError as exc:
         print(f"stitchlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
