@@ -26,11 +26,13 @@ def mnist():
             ds.inputs("test")[:2000], ds.labels("test")[:2000])
 
 
-def test_hand_written_backward_matches_autograd():
+@pytest.mark.parametrize("dropout", [0.2, 0.0])
+def test_hand_written_backward_matches_autograd(dropout):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(300, 784, generator=gen)
     y = torch.randint(0, 10, (300,), generator=gen)
-    trainer = BatchedTrainer([1, 2, 3], x, y, settings=TrainSettings(batch_size=64))
+    settings = TrainSettings(batch_size=64, dropout=dropout)
+    trainer = BatchedTrainer([1, 2, 3], x, y, settings=settings)
     st = trainer.stacked
     weights = [w.clone().requires_grad_() for w in st.weights]
     biases = [b.clone().requires_grad_() for b in st.biases]
@@ -38,7 +40,7 @@ def test_hand_written_backward_matches_autograd():
 
     # 1. One hand-written step (its masks stay in the step's buffers).
     ce = trainer._step(idx, lr=1e-3)
-    masks = trainer._buffers[64].masks
+    masks = trainer._buffers[64].masks  # 0 or 1; the 1 / (1 - p) is applied below
 
     # 2. The same forward pass through autograd, with the same masks.
     a = x[idx]  # (3, 64, 784)
@@ -46,8 +48,8 @@ def test_hand_written_backward_matches_autograd():
         a = torch.baddbmm(biases[i], a, weights[i].transpose(1, 2))
         if _RELU_AFTER[i]:
             a = a.relu()
-        if _DROPOUT_AFTER[i]:
-            a = a * masks[i]
+        if _DROPOUT_AFTER[i] and dropout > 0:
+            a = a * masks[i] / (1 - dropout)
     loss = F.cross_entropy(a.reshape(-1, 10), y[idx].reshape(-1), reduction="none")
     loss = loss.reshape(3, 64).mean(1)  # (3,)
     loss.sum().backward()
@@ -64,8 +66,8 @@ def test_keep_probability_is_documented_and_drawn():
     x = torch.zeros(512, 784)
     trainer = BatchedTrainer([5], x, torch.zeros(512, dtype=torch.int64))
     trainer._step(torch.arange(512).reshape(1, 512)[:, :256], lr=0.0)
-    keep = trainer._buffers[256].keep  # (1, 256 * 768), values 0 or 1.25
-    assert set(keep.unique().tolist()) == {0.0, 1.25}
+    keep = trainer._buffers[256].keep  # (1, 256 * 768), values 0 or 1
+    assert set(keep.unique().tolist()) == {0.0, 1.0}
     assert abs(keep.ne(0).float().mean().item() - 0.8) < 0.005  # 196,608 draws: 5 sigma
 
 

@@ -60,6 +60,7 @@ _DROPOUT_AFTER = (True, True, False, True, True, False)
 _LANES = 65536
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrainSettings:
     lr_gamma: float = 0.5  # StepLR: factor per decay
     dropout: float = 0.2  # drop probability after the hidden layers
     eval_batch_size: int = 10000  # test samples per evaluation forward pass
+    precision: str = "float32"  # dtype of the matrix products: "float32" or "bfloat16"
 
 
 @dataclass
@@ -135,8 +137,8 @@ class StackedModels:
         total = self.k * count_parameters(self.latent_dim)
         self.flat = torch.empty(total, device=device)
         self.flat_grad = torch.zeros(total, device=device)
-        self.weights, self.biases = self._views(self.flat)
-        self.grad_weights, self.grad_biases = self._views(self.flat_grad)
+        self.weights, self.biases = self.views(self.flat)
+        self.grad_weights, self.grad_biases = self.views(self.flat_grad)
 
         # Copy each model's state into its slot.
         states = [m.state_dict() for m in models]
@@ -145,7 +147,8 @@ class StackedModels:
                 w.copy_(torch.stack([s[f"{name}.weight"] for s in states]))
                 b.copy_(torch.stack([s[f"{name}.bias"] for s in states]).unsqueeze(1))
 
-    def _views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-layer weight (K, d_out, d_in) and bias (K, 1, d_out) views of a flat buffer."""
         weights, biases, at = [], [], 0
         for d_out, d_in in self.shapes:
             weights.append(flat[at:at + self.k * d_out * d_in].view(self.k, d_out, d_in))
@@ -205,14 +208,16 @@ def evaluate_stacked(
 class _Buffers:
     """Activations and gradients of one step for batch size b, allocated once."""
 
-    def __init__(self, k: int, b: int, shapes: list[tuple[int, int]], device: torch.device):
-        self.x = torch.empty(k * b, INPUT_DIM, device=device)  # (K * b, 784), gathered inputs
-        self.acts = [torch.empty(k, b, d_out, device=device) for d_out, _ in shapes]
+    def __init__(self, k: int, b: int, shapes: list[tuple[int, int]], device: torch.device,
+                 dtype: torch.dtype):
+        opts = {"device": device, "dtype": dtype}
+        self.x = torch.empty(k * b, INPUT_DIM, **opts)  # (K * b, 784), gathered inputs
+        self.acts = [torch.empty(k, b, d_out, **opts) for d_out, _ in shapes]
         # Gradient with respect to each layer's input, for every layer but the first.
-        self.grads = [None] + [torch.empty(k, b, d_in, device=device) for _, d_in in shapes[1:]]
+        self.grads = [None] + [torch.empty(k, b, d_in, **opts) for _, d_in in shapes[1:]]
         width = sum(shapes[i][0] for i in range(len(shapes)) if _DROPOUT_AFTER[i])
         self.raw_keep = np.empty((k, b * width), dtype=np.bool_)  # per model, layer after layer
-        self.keep = torch.empty(k, b * width, device=device)  # 0 or 1 / (1 - p)
+        self.keep = torch.empty(k, b * width, **opts)  # 0 (dropped) or 1 (kept)
         self.targets = torch.empty(k, b, 1, dtype=torch.int64, device=device)
         self.minus_one = torch.full((k, b, 1), -1.0, device=device)
         # Each dropout layer's mask as a (K, b, width) view of `keep`.
@@ -251,10 +256,14 @@ class BatchedTrainer:
         s = settings or TrainSettings()
         if not 0.0 <= s.dropout < 1.0:
             raise ValueError(f"dropout: got {s.dropout}; allowed is 0 <= dropout < 1")
+        if s.precision not in PRECISIONS:
+            raise ValueError(f"precision: got {s.precision!r}; allowed are "
+                             f"{', '.join(map(repr, PRECISIONS))}")
         self.settings = s
         self.device = torch.device(device)
         self.k = len(seeds)
-        self.x_train = x_train.to(self.device)
+        self.dtype = PRECISIONS[s.precision]
+        self.x_train = x_train.to(self.device, self.dtype)  # a copy only for bfloat16
         self.y_train = y_train.to(self.device)
         self.n = self.x_train.shape[0]
 
@@ -265,19 +274,36 @@ class BatchedTrainer:
         self.shuffle_gens = [torch.Generator().manual_seed(a) for a, _ in derived]
         self.dropout_gens = [np.random.SFC64(b) for _, b in derived]
         self.threshold = keep_threshold(s.dropout)
-        self.keep_scale = 1.0 / (1.0 - s.dropout)
+        # Dropout's 1 / (1 - p) is not applied to the activations but folded into the alpha of
+        # every product that reads them: layer i's input is scaled by in_scale[i].
+        keep_scale = 1.0 / (1.0 - s.dropout)
+        self.in_scale = [keep_scale if i > 0 and _DROPOUT_AFTER[i - 1] and s.dropout > 0
+                         else 1.0 for i in range(len(_LAYERS))]
 
         # 2. Adam state over the flat buffer (Adam is elementwise: one Adam over the K models'
         #    buffer is K independent Adams).
         self.exp_avg = torch.zeros_like(self.stacked.flat)
         self.exp_avg_sq = torch.zeros_like(self.stacked.flat)
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.device)
+
+        # 3. What the products read and write: the float32 buffers themselves, or bfloat16
+        #    copies (weights cast before every step, gradients cast back after it).
+        st = self.stacked
+        if self.dtype == torch.float32:
+            self._flat_c = self._grad_c = None
+            self.w, self.b = st.weights, st.biases
+            self.gw, self.gb = st.grad_weights, st.grad_biases
+        else:
+            self._flat_c = torch.empty_like(st.flat, dtype=self.dtype)
+            self._grad_c = torch.empty_like(st.flat, dtype=self.dtype)
+            self.w, self.b = st.views(self._flat_c)
+            self.gw, self.gb = st.views(self._grad_c)
         self._buffers: dict[int, _Buffers] = {}
         self.epoch = 0
 
     def _buffers_for(self, b: int) -> _Buffers:
         if b not in self._buffers:
-            self._buffers[b] = _Buffers(self.k, b, self.stacked.shapes, self.device)
+            self._buffers[b] = _Buffers(self.k, b, self.stacked.shapes, self.device, self.dtype)
         return self._buffers[b]
 
     def _draw_masks(self, buf: _Buffers) -> None:
@@ -286,8 +312,7 @@ class BatchedTrainer:
         for j, gen in enumerate(self.dropout_gens):
             lanes = gen.random_raw(words).view(np.uint16)  # (b * width,)
             np.less(lanes, self.threshold, out=buf.raw_keep[j])
-        raw = torch.from_numpy(buf.raw_keep.view(np.uint8))  # (K, b * width)
-        buf.keep.copy_(raw).mul_(self.keep_scale)
+        buf.keep.copy_(torch.from_numpy(buf.raw_keep.view(np.uint8)))  # (K, b * width)
 
     def _step(self, idx: torch.Tensor, lr: float) -> torch.Tensor:
         """One optimizer step of every model on its batch `idx` (K, b); returns summed CE (K,)."""
@@ -302,40 +327,48 @@ class BatchedTrainer:
         torch.index_select(self.y_train, 0, flat_idx, out=buf.targets.view(-1))
         if self.settings.dropout > 0:
             self._draw_masks(buf)
+        if self._flat_c is not None:
+            self._flat_c.copy_(st.flat)
 
-        # 2. Forward: z = a W^T + b, then ReLU and dropout in place.
+        # 2. Forward: z = scale * a W^T + b, then ReLU and the 0/1 dropout mask in place.
         a = x
-        for i, (w, bias) in enumerate(zip(st.weights, st.biases, strict=True)):
-            z = torch.baddbmm(bias, a, w.transpose(1, 2), out=buf.acts[i])  # (K, b, d_out)
+        for i, (w, bias) in enumerate(zip(self.w, self.b, strict=True)):
+            z = torch.baddbmm(bias, a, w.transpose(1, 2), alpha=self.in_scale[i],
+                              out=buf.acts[i])  # (K, b, d_out)
             if _RELU_AFTER[i]:
                 z.relu_()
             if _DROPOUT_AFTER[i] and self.settings.dropout > 0:
                 z.mul_(buf.masks[i])
             a = z
 
-        # 3. Cross-entropy and its gradient with respect to the logits, (softmax - onehot) / b.
-        logp = torch.log_softmax(a, dim=-1)  # (K, b, 10)
-        ce = -logp.gather(2, buf.targets).sum((1, 2))  # (K,)
-        g = logp.exp_()
-        g.scatter_add_(2, buf.targets, buf.minus_one).mul_(1.0 / b)
+        # 3. Cross-entropy and its gradient with respect to the logits, (softmax - onehot) / b,
+        #    in float32 (written out: log_softmax's kernel is slow on a last dimension of 10).
+        shifted = a.float() - a.amax(dim=-1, keepdim=True)  # (K, b, 10)
+        e = shifted.exp()
+        total = e.sum(dim=-1, keepdim=True)  # (K, b, 1)
+        ce = (total.log() - shifted.gather(2, buf.targets)).sum((1, 2))  # (K,)
+        g = e.div_(total).scatter_add_(2, buf.targets, buf.minus_one).mul_(1.0 / b)
+        g = g.to(self.dtype)
 
         # 4. Backward, writing the gradients into the flat gradient buffer.
-        for i in range(len(st.weights) - 1, -1, -1):
+        for i in range(len(self.w) - 1, -1, -1):
             a_in = x if i == 0 else buf.acts[i - 1]  # (K, b, d_in)
-            torch.bmm(g.transpose(1, 2), a_in, out=st.grad_weights[i])  # (K, d_out, d_in)
-            torch.sum(g, dim=1, keepdim=True, out=st.grad_biases[i])  # (K, 1, d_out)
+            scale = self.in_scale[i]
+            gw = self.gw[i]  # (K, d_out, d_in)
+            torch.baddbmm(gw, g.transpose(1, 2), a_in, beta=0.0, alpha=scale, out=gw)
+            torch.sum(g, dim=1, keepdim=True, out=self.gb[i])  # (K, 1, d_out)
             if i == 0:
                 break
-            # Through dropout (scale 1 / (1 - p) folded into the product) and the ReLU: the
-            # input unit passed gradient only where its activation is positive.
-            alpha = self.keep_scale if _DROPOUT_AFTER[i - 1] and self.settings.dropout > 0 \
-                else 1.0
-            g_in = buf.grads[i]
-            torch.baddbmm(g_in, g, st.weights[i], beta=0.0, alpha=alpha, out=g_in)
+            # Through the scale, the mask and the ReLU: an input unit passes gradient only
+            # where its (masked) activation is positive.
+            g_in = buf.grads[i]  # (K, b, d_in)
+            torch.baddbmm(g_in, g, self.w[i], beta=0.0, alpha=scale, out=g_in)
             torch.ops.aten.threshold_backward.grad_input(g_in, a_in, 0.0, grad_input=g_in)
             g = g_in
 
-        # 5. One fused Adam step over all K models' parameters.
+        # 5. One fused Adam step over all K models' float32 parameters.
+        if self._grad_c is not None:
+            st.flat_grad.copy_(self._grad_c)
         functional_adam(
             [st.flat], [st.flat_grad], [self.exp_avg], [self.exp_avg_sq], [],
             [self.step_count], fused=True, amsgrad=False, beta1=_ADAM_BETAS[0],
