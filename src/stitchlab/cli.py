@@ -238,6 +238,9 @@ def _add_bench_parser(sub) -> None:
                    help="where to measure (default cpu)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding mnist/")
     p.add_argument("--no-run", action="store_true", help="skip the `stitchlab run` job")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of our trainer's products (default float32); the run job and "
+                        "the conventional pipeline stay float32")
     _add_verbosity(p)
 
 
@@ -248,6 +251,7 @@ def cmd_bench(args) -> int:
     _setup_logging(args)
     settings = bench.BenchSettings.quick_settings() if args.quick else bench.BenchSettings()
     settings.run_job = not args.no_run
+    settings.precision = args.precision
     results = bench.run_bench(settings, pipeline.resolve_device(args.device), args.data_dir)
     if args.out:
         atomic_write_json(args.out, results)
