@@ -155,6 +155,9 @@ def _entry(seconds: list[float], k: int, n: int, peak: float, params: int) -> di
         "samples_per_s": k * n / wall,  # model-samples per second
         "achieved_gflops": flops / wall / 1e9,
         "floor_ratio": wall / (flops / (peak * 1e9)),
+        # The fastest timed epoch: load from other processes only ever adds time.
+        "best_seconds_per_epoch": min(seconds) / k * FULL_EPOCH / n,
+        "best_floor_ratio": min(seconds) / (flops / (peak * 1e9)),
         "timed_samples": n,
         "epoch_seconds_samples": seconds,  # raw wall seconds of each timed epoch (all K models)
     }
@@ -399,16 +402,18 @@ def format_table(r: dict) -> str:
         f"floor {floor_epoch:.3f} s per model-epoch in {prec} "
         f"(6 x {r['parameters_per_model']:,} params x {FULL_EPOCH:,} samples / peak)",
         f"our epochs: {r['single']['timed_samples']:,} samples, median of {s['epochs']} after "
-        f"a warm-up, scaled to {FULL_EPOCH:,}, evaluation excluded, products in {prec}",
+        f"a warm-up (best: the fastest one), scaled to {FULL_EPOCH:,}, evaluation excluded, "
+        f"products in {prec}",
         "",
         f"{'':<14}{'s/model-epoch':>14}{'samples/s':>12}{'GFLOP/s':>10}{'x floor':>9}"
-        f"{'target':>8}",
+        f"{'target':>8}{'best x floor':>14}",
     ]
 
     def row(label, e, target=None):
         t = f"{target:>8.1f}" if target else f"{'':>8}"
+        best = f"{e['best_floor_ratio']:>14.2f}" if "best_floor_ratio" in e else ""
         lines.append(f"{label:<14}{e['seconds_per_epoch']:>14.3f}{e['samples_per_s']:>12,.0f}"
-                     f"{e['achieved_gflops']:>10.1f}{e['floor_ratio']:>9.2f}{t}")
+                     f"{e['achieved_gflops']:>10.1f}{e['floor_ratio']:>9.2f}{t}{best}")
 
     row("single", r["single"], TARGETS["single_floor_ratio"])
     for e in r["batched"]:

@@ -13,8 +13,11 @@ only the order of floating-point sums inside the batched products can differ.
 Dropout masks cost little: each mask element is one 16-bit lane of the model's raw 64-bit
 stream, kept when the lane is below 52429, so the keep probability is 52429 / 65536 =
 0.80000305 (drop 0.19999695) for the default dropout 0.2; `keep_threshold` gives it for any p.
-The masks are drawn on the CPU whatever the device, so a model's masks are the same on CPU
-and CUDA.
+
+On CUDA (``device="cuda"``) the shuffle orders and the masks are still drawn on the CPU, from
+the same generators, and copied to the device each step, so a model's random numbers are the
+same on either device; everything else runs on the device. No GPU was at hand when this was
+written: the CUDA path is written to run but only the CPU path is tested.
 
 Hyper-parameters are the seed experiment's: Adam (lr 1e-3), batch 256, StepLR(5, 0.5),
 cross-entropy, 10 epochs, a fresh shuffle every epoch, the last partial batch kept.
@@ -240,8 +243,23 @@ class BatchedTrainer:
     x_train : float tensor of shape (n_train, 784), normalised
     y_train : int64 tensor of shape (n_train,)
     latent_dim : bottleneck width
-    settings : hyper-parameters
+    settings : hyper-parameters; the seed experiment's when None
     device : where to train
+
+    Raises
+    ------
+    ValueError
+        if `seeds` is empty, or `settings` holds a dropout outside [0, 1), a batch size below
+        1 or an unknown precision.
+
+    Examples
+    --------
+    >>> x, y = torch.randn(512, 784), torch.randint(0, 10, (512,))
+    >>> trainer = BatchedTrainer([42, 123], x, y)
+    >>> trainer.train_epoch().shape  # mean training cross-entropy per model
+    torch.Size([2])
+    >>> len(trainer.stacked.to_models(dropout=0.2))
+    2
     """
 
     def __init__(
@@ -254,6 +272,10 @@ class BatchedTrainer:
         device: str | torch.device = "cpu",
     ):
         s = settings or TrainSettings()
+        if len(seeds) == 0:
+            raise ValueError("seeds: got an empty list; give at least one model seed")
+        if s.batch_size < 1:
+            raise ValueError(f"batch_size: got {s.batch_size}; allowed is 1 or more")
         if not 0.0 <= s.dropout < 1.0:
             raise ValueError(f"dropout: got {s.dropout}; allowed is 0 <= dropout < 1")
         if s.precision not in PRECISIONS:
@@ -425,9 +447,21 @@ def train_models(
     ------
     TrainingDiverged
         if a model's training loss becomes NaN or infinite; the message names the model.
+    ValueError
+        if `names` and `seeds` differ in length, or for the settings `BatchedTrainer` refuses.
+
+    Examples
+    --------
+    >>> x, y = torch.randn(512, 784), torch.randint(0, 10, (512,))
+    >>> out = train_models([42, 123], ["A", "B"], x, y, x[:100], y[:100],
+    ...                    settings=TrainSettings(epochs=1))
+    >>> [m.name for m in out], len(out[0].history)
+    (['A', 'B'], 1)
     """
     s = settings or TrainSettings()
     k = len(seeds)
+    if len(names) != k:
+        raise ValueError(f"names: got {len(names)} names for {k} seeds; give one per seed")
     trainer = BatchedTrainer(seeds, x_train, y_train, latent_dim, s, device)
     x_test, y_test = x_test.to(trainer.device), y_test.to(trainer.device)
 
