@@ -24,6 +24,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(ARGS)
 
+# Training speed against this machine's matrix-product peak (ARGS="--quick --out b.json").
+bench: $(VENV)/.installed
+	$(BIN)/stitchlab bench $(ARGS)
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 

@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", required=True, help="the .safetensors file to write")
     p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     _add_verbosity(p)
+    _add_bench_parser(sub)
     return parser
 
 
@@ -322,6 +323,42 @@ def _resume_hint(args) -> str:
     return "run the same command again"
 
 
+# --- bench ----------------------------------------------------------------------------------
+
+
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="training speed against this machine's compute floor",
+                       description="Measure the matrix-product peak, our trainer (one model "
+                                   "and K = 2, 4, 8 at once), the conventional pipeline and "
+                                   "the default run job; print a table.")
+    p.add_argument("--quick", action="store_true",
+                   help="partial epochs, fewer repeats, a 1-epoch run job (under a minute)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the results as JSON")
+    p.add_argument("--device", choices=cfg.DEVICES, default="cpu",
+                   help="where to measure (default cpu)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding mnist/")
+    p.add_argument("--no-run", action="store_true", help="skip the `stitchlab run` job")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of our trainer's products (default float32); the run job and "
+                        "the conventional pipeline stay float32")
+    _add_verbosity(p)
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+    from .fileio import atomic_write_json
+
+    _setup_logging(args)
+    settings = bench.BenchSettings.quick_settings() if args.quick else bench.BenchSettings()
+    settings.run_job = not args.no_run
+    settings.precision = args.precision
+    results = bench.run_bench(settings, pipeline.resolve_device(args.device), args.data_dir)
+    if args.out:
+        atomic_write_json(args.out, results)
+    print(bench.format_table(results))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -347,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "import-weights":
             return cmd_import_weights(args)
+        if args.command == "bench":
+            return cmd_bench(args)
     except StitchlabError as exc:
         print(f"stitchlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
