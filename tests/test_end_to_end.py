@@ -64,6 +64,7 @@ def test_cli_run_prints_summary(tmp_path):
                    "--seeds", "1", "2", "3", "--out", str(out), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "C -> A" in proc.stdout and f"run directory: {out}" in proc.stdout
+    assert proc.stdout.strip().endswith(f"report: {out / 'report.html'}")
     assert "epoch   1/1" in proc.stderr
     r = json.loads((out / "results.json").read_text())
     assert len(r["splice"]["accuracy"]) == 3

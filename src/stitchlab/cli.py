@@ -109,6 +109,8 @@ def summary(results: dict, run_dir: Path) -> str:
     out += _alignment_summary(results.get("alignment"))
     out.append("")
     out.append(f"run directory: {run_dir}")
+    if (run_dir / "report.html").is_file():
+        out.append(f"report: {run_dir / 'report.html'}")
     return "\n".join(out)
 
 
