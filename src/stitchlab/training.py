@@ -174,7 +174,7 @@ class StackedModels:
         for w, b, relu in zip(self.weights, self.biases, _RELU_AFTER, strict=True):
             h = F.linear(h, w[j], b[j, 0])  # (n, d_out)
             if relu:
-                h = torch.relu(h)
+                h.relu_()  # in place: the same values, no second (n, d_out) allocation
         return h
 
     def to_models(self, dropout: float) -> list[EncoderDecoder]:
