@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import stitchlab
 from stitchlab import config as cfg
@@ -74,16 +73,14 @@ def run_copy(tiny_run, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """One torch thread in this process while a module's tests run (see `cli_env`).
+    """One torch (and BLAS) thread in this process while a module's tests run (see `cli_env`).
 
     On a small shared machine, two OpenMP threads that keep waiting for each other make these
     tiny trainings several times slower; with one thread everywhere, in-process and subprocess
     runs also compute under the same setting.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with pipeline.single_threaded():
+        yield
 
 
 def cli_env(threads: int | None = None) -> dict[str, str]:

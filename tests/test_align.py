@@ -8,7 +8,6 @@ real-data test trains two tiny models (seeds 42 and 123, 20,000 MNIST images, 3 
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -25,20 +24,8 @@ from stitchlab.models import build_model, splice
 PAIRED = ["procrustes", "affine", "ridge", "permutation", "stitch_layer"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and BLAS thread: on a shared 2-core machine small ops run far faster so."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(1)
-    with limits:
-        yield
-    torch.set_num_threads(before)
+# One torch and BLAS thread: on a shared 2-core machine small ops run far faster so.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def orthogonal(d: int, seed: int, det: float | None = None) -> np.ndarray:
@@ -237,7 +224,7 @@ def test_ridge_stays_stable_where_affine_explodes():
 
 
 @pytest.fixture(scope="module")
-def fitted_aligners(one_thread) -> dict[str, align.Aligner]:
+def fitted_aligners(one_torch_thread) -> dict[str, align.Aligner]:
     """One fitted aligner per method."""
     x = np.abs(gaussian(80, 12, 30))
     y = x @ orthogonal(12, 31) + 0.1 * gaussian(80, 12, 32)
@@ -389,7 +376,7 @@ def test_stitch_layer_leaves_the_decoder_untouched_and_is_seeded():
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(one_thread):
+def tiny_pair(one_torch_thread):
     """Two tiny MNIST models (seeds 42, 123; 20k images, 3 epochs) and their latents."""
     from stitchlab import data
     from stitchlab.training import TrainSettings, train_models

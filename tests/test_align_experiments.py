@@ -6,8 +6,6 @@ once per module. Sweeps run on a 5,000-image anchor pool and 2,000 test images t
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -19,24 +17,12 @@ from stitchlab.models import build_model, splice
 POOL, N_TEST = 5000, 2000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch and BLAS thread: on a shared 2-core machine small ops run far faster so."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
-    except ImportError:
-        limits = contextlib.nullcontext()
-    else:
-        limits = threadpool_limits(1)
-    with limits:
-        yield
-    torch.set_num_threads(before)
+# One torch and BLAS thread: on a shared 2-core machine small ops run far faster so.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def zoo(one_thread):
+def zoo(one_torch_thread):
     from stitchlab import data
     from stitchlab.training import TrainSettings, train_models
 
