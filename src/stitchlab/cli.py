@@ -176,6 +176,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_verbosity(p)
 
 
+def _add_stage_parser(sub, name: str, help: str, description: str) -> None:
+    """A sub-command that runs one stage on an existing run directory."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("run_dir", metavar="RUN", help="a run directory")
+    p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
+    _add_verbosity(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="stitchlab",
@@ -191,21 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the models into a run directory",
                        description="Train the models of a config into a run directory.")
     _add_run_options(p)
-    p = sub.add_parser("splice", help="rebuild the N x N splice table from the checkpoints",
-                       description="Rebuild the N x N splice table of RUN from its checkpoints.")
-    p.add_argument("run_dir", metavar="RUN", help="a run directory")
-    p.add_argument("--device", choices=cfg.DEVICES, help="where to evaluate")
-    _add_verbosity(p)
-    p = sub.add_parser("analyze", help="latent statistics and similarity measures of a run",
-                       description="Add latent statistics and similarity measures to RUN.")
-    p.add_argument("run_dir", metavar="RUN", help="a run directory")
-    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
-    _add_verbosity(p)
-    p = sub.add_parser("align", help="alignment maps: anchor sweeps, repaired matrices, controls",
-                       description="Fit alignment maps between every pair of models of RUN.")
-    p.add_argument("run_dir", metavar="RUN", help="a run directory")
-    p.add_argument("--device", choices=cfg.DEVICES, help="where to encode")
-    _add_verbosity(p)
+    _add_stage_parser(sub, "splice", "rebuild the N x N splice table from the checkpoints",
+                      "Rebuild the N x N splice table of RUN from its checkpoints.")
+    _add_stage_parser(sub, "analyze", "latent statistics and similarity measures of a run",
+                      "Add latent statistics and similarity measures to RUN.")
+    _add_stage_parser(sub, "align", "alignment maps: anchor sweeps, repaired matrices, controls",
+                      "Fit alignment maps between every pair of models of RUN.")
     p = sub.add_parser("report", help="draw the figures and write report.html and report.md",
                        description="Draw RUN/figures/*.png|svg and write RUN/report.html "
                                    "(self-contained) and RUN/report.md from RUN's results.")
