@@ -23,14 +23,19 @@ a subset is scaled to the 60,000 training images (the per-sample cost is constan
 but the last is a full batch). Timings on a shared machine are noisy: the load average is
 recorded beside them, and every sample is kept in the JSON.
 
-Reproduce (about 2 minutes; --quick: under one):
+Reproduce (about 2 minutes on a quiet machine; --quick: under one, on 5,120-image epochs,
+with a 1-epoch run job):
 
     stitchlab bench --out bench.json
 
-Measured on the 2-core development machine (AMD EPYC, AVX-512, torch 2.13 CPU, 2 threads),
-see the commit message of this module for the table; the targets printed with it are one
-model at most 1.8 x floor per epoch, K = 8 at most 1.4 x per model-epoch, the default run at
-least 10 x faster than the conventional pipeline's 204 s and under 1 GB.
+Measured on the 2-core development machine (AMD EPYC VM with AVX-512, torch 2.13 CPU, 2
+threads), two runs at load average 1.3-2.2: peak 158-196 GFLOP/s; one model 1.35-1.60 x floor
+(target 1.8), K = 8 1.22-1.35 x (target 1.4), K = 2 1.20-1.84 x, K = 4 1.10-1.46 x; the
+conventional pipeline 5.0-6.0 x floor, 3.1-4.5 x slower than ours with one model; the
+default run job 24.1-24.5 s and 568-590 MB (targets: at most 20.4 s, i.e. 10 x faster than
+the seed pipeline's 204 s, and under 1 GB), test accuracy 98.06 % and 98.04 %. The same
+1024 x 1024 product varied from 89 to 196 GFLOP/s within minutes on this VM with nothing else
+running in it, so single runs differ by tens of percent; compare medians over several.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ class BenchSettings:
     ks: tuple[int, ...] = (2, 4, 8)  # models trained at once in the batched measurements
     conventional_samples: int = 10240  # images per timed conventional epoch
     conventional_epochs: int = 3  # timed conventional epochs (after a 1024-image warm-up)
-    run_args: tuple[str, ...] = ()  # extra flags for the `stitchlab run` job ("" = default)
+    run_args: tuple[str, ...] = ()  # extra flags for the `stitchlab run` job (none: default)
     run_job: bool = True  # time the `stitchlab run` job at all
     precision: str = "float32"  # our trainer's product dtype; its floor uses that dtype's peak
     quick: bool = False

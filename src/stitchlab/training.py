@@ -22,10 +22,14 @@ written: the CUDA path is written to run but only the CPU path is tested.
 Hyper-parameters are the seed experiment's: Adam (lr 1e-3), batch 256, StepLR(5, 0.5),
 cross-entropy, 10 epochs, a fresh shuffle every epoch, the last partial batch kept.
 
-Measured on the 2-core development machine (AMD EPYC, AVX-512, torch 2.13 CPU), full MNIST:
-see `stitchlab.bench` for the table; reproduce with
-
-    stitchlab bench --out bench.json
+Measured with ``stitchlab bench --out bench.json`` (full MNIST, 60,000 images per epoch,
+median of 5 epochs; a 2-core AMD EPYC VM, torch 2.13 CPU, 2 threads, two runs at load average
+1.3-2.2): one model 0.82-0.85 s per epoch, 1.35-1.60 x the float32 floor (6 x params x samples
+at the machine's measured matrix-product peak); eight models 0.62-0.86 s per model-epoch,
+1.22-1.35 x. Two models, evaluation included, alternating in the same quiet windows: the
+autograd trainer this replaced 1.7-2.0 s per model-epoch, this one 0.8-0.9 s. Default models
+(seeds 42, 123, 10 epochs): 98.06 % and 98.04 % test accuracy, the same bits on every run;
+with ``precision="bfloat16"`` 98.12 % and 98.10 %.
 """
 
 from __future__ import annotations
